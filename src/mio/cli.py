@@ -1,0 +1,66 @@
+"""The `mio` command.
+
+Each command lives in the module that implements it, which provides
+`add_arguments(parser)` and `run(args) -> int | None`. Only the module of the command being
+run is imported, so `mio --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help). Nested commands use "group name".
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("mio.data.prepare", "tokenize a corpus's media once, offline, into training shards"),
+    "train": ("mio.train", "run a training stage (or a chain of stages) from a TOML config"),
+    "tokenizer train": ("mio.tokenizers.train_cli", "train an embedded image or speech tokenizer"),
+    "bench train": ("mio.bench", "training throughput: masked packing vs pad-to-longest batching"),
+}
+
+
+def _parser(selected: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mio", description="MIO: a foundation model on multimodal tokens.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, (module, help_text) in COMMANDS.items():
+        parts = name.split()
+        if len(parts) == 1:
+            p = sub.add_parser(name, help=help_text, description=help_text)
+        else:
+            group, leaf = parts
+            if group not in groups:
+                gp = sub.add_parser(group, help=f"{group} commands")
+                groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="COMMAND", required=True)
+            p = groups[group].add_parser(leaf, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if parts == selected[: len(parts)]:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    selected = [a for a in argv if not a.startswith("-")][:2]
+    args = _parser(selected).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if getattr(args, "_module", None) is None:
+        _parser([]).print_help()
+        return 0
+    try:
+        return importlib.import_module(args._module).run(args) or 0
+    except (FileNotFoundError, ValueError) as e:
+        # User-facing problems (bad config, missing file, bad input) get one clear line.
+        logging.getLogger("mio").error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The tokenizer protocol shared by embedded tokenizers and adapters for the paper's ones.
+
+An image tokenizer turns PIL images into `tokens_per_image` discrete codes each and back;
+a speech tokenizer turns a waveform into `[layers, T]` codes (row 0 content, rows 1..
+timbre) and back. Each is saved to and loaded from a directory holding safetensors weights
+and a `config.json` whose `"type"` names the implementation (see `TOKENIZER_TYPES`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from PIL import Image as PILImage
+
+
+@runtime_checkable
+class ImageTokenizer(Protocol):
+    codebook_size: int
+    tokens_per_image: int
+
+    def encode(self, images: list[PILImage.Image]) -> torch.Tensor:
+        """Images -> LongTensor [N, tokens_per_image]."""
+
+    def decode(self, codes: torch.Tensor) -> list[PILImage.Image]:
+        """LongTensor [N, tokens_per_image] -> images."""
+
+    def save(self, directory: str | Path) -> None: ...
+
+
+@runtime_checkable
+class SpeechTokenizer(Protocol):
+    codebook_size: int
+    frame_rate: float
+    sample_rate: int
+
+    def encode(self, wave, sample_rate: int) -> torch.Tensor:
+        """Waveform (any rate, mono or multi-channel) -> LongTensor [4, T]."""
+
+    def decode(self, codes: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """LongTensor [4, T] -> (waveform [N], sample_rate)."""
+
+    def save(self, directory: str | Path) -> None: ...
+
+
+# "type" in config.json -> "module:Class" with a `load(directory)` classmethod.
+TOKENIZER_TYPES: dict[str, str] = {
+    "mio-image": "mio.tokenizers.image:EmbeddedImageTokenizer",
+    "mio-speech": "mio.tokenizers.speech:EmbeddedSpeechTokenizer",
+    "speechtokenizer": "mio.tokenizers.speechtokenizer_adapter:SpeechTokenizerAdapter",
+}
+
+
+def load_tokenizer(directory: str | Path):
+    """Load any registered tokenizer from its directory by the `type` in its config.json."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no tokenizer config.json in {directory}")
+    kind = json.loads(config_path.read_text()).get("type")
+    if kind not in TOKENIZER_TYPES:
+        raise ValueError(f"{config_path}: unknown tokenizer type {kind!r} (known: {sorted(TOKENIZER_TYPES)})")
+    module, cls = TOKENIZER_TYPES[kind].split(":")
+    return getattr(importlib.import_module(module), cls).load(directory)
