@@ -1,0 +1,56 @@
+"""eSpeak NG synthesis: voices, determinism, sample rate, speed."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from mio.toyworld.speech_synth import Voice, sample_sentences, synthesize, synthesize_many, voice_pool
+
+
+def test_voice_pool_is_deterministic_and_split():
+    train, heldout = voice_pool(n_train=20, n_heldout=6, seed=3)
+    assert (train, heldout) == voice_pool(n_train=20, n_heldout=6, seed=3)
+    assert len(train) == 20 and len(heldout) == 6
+    ids = [v.id for v in train + heldout]
+    assert len(set(ids)) == len(ids)
+    combos = {(v.name, v.variant) for v in train}
+    assert not combos & {(v.name, v.variant) for v in heldout}
+    with pytest.raises(ValueError, match="distinct"):
+        voice_pool(n_train=10_000)
+
+
+def test_synthesis_is_deterministic_float32_at_requested_rate():
+    text = "the purple cross is next to the green cross"
+    voice = Voice("en-us", "f3", rate=180, pitch=60)
+    a = synthesize(text, voice)
+    synthesize("something else first", Voice("en-gb-x-rp", "m2"))  # history must not matter
+    b = synthesize(text, voice)
+    assert a.dtype == np.float32 and a.ndim == 1
+    assert np.array_equal(a, b)
+    assert 1.0 < len(a) / 16000 < 5.0 and np.abs(a).max() <= 1.0
+    a8 = synthesize(text, voice, sample_rate=8000)
+    assert abs(len(a8) * 2 - len(a)) <= 2
+
+
+def test_voices_differ():
+    text = "three red circles"
+    waves = [synthesize(text, v) for v in voice_pool(n_train=4, n_heldout=0)[0]]
+    assert len({w.tobytes() for w in waves}) == 4
+
+
+def test_synthesize_many_and_speed():
+    texts = sample_sentences(100, seed=1)
+    assert texts == sample_sentences(100, seed=1) and all(t and not any(c.isdigit() for c in t) for t in texts)
+    voices = voice_pool(n_train=10, n_heldout=0)[0]
+    start = time.perf_counter()
+    waves = synthesize_many(texts, [voices[i % 10] for i in range(100)])
+    per_minute = 100 / (time.perf_counter() - start) * 60
+    assert len(waves) == 100
+    assert per_minute > 1000, f"only {per_minute:.0f} utterances per minute"
+    with pytest.raises(ValueError, match="texts"):
+        synthesize_many(texts, voices)
+    with pytest.raises(ValueError, match="empty"):
+        synthesize("  ", voices[0])
