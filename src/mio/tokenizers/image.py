@@ -1,0 +1,332 @@
+"""The embedded image tokenizer: SEED-Tokenizer's design, small enough to train on a CPU.
+
+SEED-Tokenizer turns an image into 32 discrete codes with a ViT, a *causal* Q-Former and a
+vector quantizer, and back to pixels with a decoder. This module keeps that shape:
+
+    image -> conv stem (stride-2 convs: one feature vector per image patch)
+          -> transformer encoder over the patches         (patch features)
+          -> causal Q-Former: learned queries, causal self-attention among the queries,
+             cross-attention to the patch features          (tokens_per_image vectors)
+          -> vector quantizer (vector-quantize-pytorch; k-means init, dead-code expiry)
+          -> codes
+    codes -> code embeddings -> transformer decoder: one learned query per patch,
+             cross-attending to the codes -> transposed-conv upsampling -> image
+
+The convolutional stem and upsampler give the local inductive bias that lets this train in
+minutes on a CPU; the transformer parts carry the SEED design.
+The causal Q-Former matters for MIO: code i depends only on queries <= i, so the left-to-
+right order the language model generates codes in is the order they were made in.
+
+`EmbeddedImageTokenizer` wraps the model behind the tokenizer protocol
+(`mio.tokenizers.base.ImageTokenizer`) and saves/loads a directory with `config.json`
+(`"type": "mio-image"`) and `model.safetensors`. Training lives in `image_train.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from safetensors.torch import load_model, save_model
+from torch import nn
+from vector_quantize_pytorch import VectorQuantize
+
+from mio.config import load as load_config
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_TYPE = "mio-image"
+# Images with more pixels than this are refused before decoding (decompression bombs).
+DEFAULT_MAX_PIXELS = 64_000_000
+_MAX_16BIT = 65535.0
+_MAX_8BIT = 255.0
+
+
+class ImageFileError(ValueError):
+    """An image file cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ImageTokenizerConfig:
+    """Architecture of the embedded image tokenizer. The defaults are the embedded preset
+    (64x64 scenes, 32 codes per image as in the paper, a 1024-code codebook)."""
+
+    image_size: int = 64
+    """Side of the square input and output images, in pixels."""
+    conv_channels: tuple[int, ...] = (32, 64, 128)
+    """Channels of the stride-2 conv stem stages (mirrored by the upsampler); a patch is
+    2**len(conv_channels) pixels on a side."""
+    width: int = 128
+    """Hidden size of the encoder, Q-Former and decoder."""
+    heads: int = 4
+    """Attention heads in every transformer layer."""
+    encoder_layers: int = 3
+    """Transformer layers over the image patches."""
+    qformer_layers: int = 2
+    """Causal Q-Former layers (causal self-attention over queries + cross-attention to patches)."""
+    decoder_layers: int = 3
+    """Transformer layers of the pixel decoder (patch queries cross-attending to the codes)."""
+    tokens_per_image: int = 32
+    """Discrete codes per image (learned Q-Former queries). The paper uses 32."""
+    codebook_size: int = 1024
+    """Number of distinct codes. The paper's SEED tokenizer has 8192."""
+    codebook_dim: int = 32
+    """Dimension codes are looked up in (the quantizer projects width -> codebook_dim)."""
+    codebook_decay: float = 0.9
+    """EMA decay of the codebook update."""
+    commitment_weight: float = 0.25
+    """Weight of the commitment loss pulling encoder outputs to their codes."""
+    kmeans_init: bool = True
+    """Initialise the codebook with k-means on the first training batch."""
+    dead_code_threshold: float = 1.0
+    """Codes whose EMA usage count falls below this are replaced by batch vectors (0: off)."""
+
+    def validate(self) -> None:
+        if not self.conv_channels:
+            raise ValueError("conv_channels needs at least one stage")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {self.patch_size}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        for name in ("tokens_per_image", "codebook_size", "codebook_dim", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if min(self.conv_channels) < 1:
+            raise ValueError("conv_channels must be positive")
+
+    @property
+    def patch_size(self) -> int:
+        return 2 ** len(self.conv_channels)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def _transformer_layer(cfg: ImageTokenizerConfig, cross: bool) -> nn.Module:
+    kind = nn.TransformerDecoderLayer if cross else nn.TransformerEncoderLayer
+    return kind(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+
+
+class ImageTokenizerModel(nn.Module):
+    """Encoder, causal Q-Former, vector quantizer and pixel decoder (see module docstring).
+
+    Images are float tensors [N, 3, H, W] in [-1, 1]."""
+
+    def __init__(self, cfg: ImageTokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        w, n_patch, n_tok = cfg.width, cfg.num_patches, cfg.tokens_per_image
+        # Encoder over patches: a conv stem (each stage halves the resolution), then a ViT.
+        stem, c_in = [], 3
+        for c in cfg.conv_channels:
+            stem += [nn.Conv2d(c_in, c, kernel_size=4, stride=2, padding=1), nn.GELU()]
+            c_in = c
+        self.stem = nn.Sequential(*stem, nn.Conv2d(c_in, w, kernel_size=1))
+        self.patch_pos = nn.Parameter(torch.randn(1, n_patch, w) * 0.02)
+        self.encoder = nn.TransformerEncoder(_transformer_layer(cfg, False), cfg.encoder_layers, enable_nested_tensor=False)
+        self.encoder_norm = nn.LayerNorm(w)
+        # Causal Q-Former.
+        self.queries = nn.Parameter(torch.randn(1, n_tok, w) * 0.02)
+        self.qformer = nn.TransformerDecoder(_transformer_layer(cfg, True), cfg.qformer_layers)
+        self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(n_tok), persistent=False)
+        self.qformer_norm = nn.LayerNorm(w)
+        # Vector quantizer.
+        self.quantizer = VectorQuantize(
+            dim=w,
+            codebook_size=cfg.codebook_size,
+            codebook_dim=cfg.codebook_dim,
+            decay=cfg.codebook_decay,
+            commitment_weight=cfg.commitment_weight,
+            kmeans_init=cfg.kmeans_init,
+            threshold_ema_dead_code=cfg.dead_code_threshold,
+        )
+        # Pixel decoder: which slot a code sits in matters, so codes get a position embedding.
+        self.code_pos = nn.Parameter(torch.randn(1, n_tok, w) * 0.02)
+        self.pixel_queries = nn.Parameter(torch.randn(1, n_patch, w) * 0.02)
+        self.decoder = nn.TransformerDecoder(_transformer_layer(cfg, True), cfg.decoder_layers)
+        self.decoder_norm = nn.LayerNorm(w)
+        # Upsampler: mirrors the stem with transposed convs, back to full resolution.
+        channels = list(reversed(cfg.conv_channels))
+        up: list[nn.Module] = [nn.Conv2d(w, channels[0], kernel_size=1)]
+        for c_in, c_out in zip(channels, channels[1:] + channels[-1:]):
+            up += [nn.GELU(), nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1)]
+        up += [nn.GELU(), nn.Conv2d(channels[-1], 3, kernel_size=3, padding=1)]
+        self.upsample = nn.Sequential(*up)
+
+    def encode_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels -> continuous query outputs [N, tokens_per_image, width] (before VQ)."""
+        patches = self.stem(pixels).flatten(2).transpose(1, 2) + self.patch_pos
+        memory = self.encoder_norm(self.encoder(patches))
+        queries = self.queries.expand(pixels.shape[0], -1, -1)
+        out = self.qformer(queries, memory, tgt_mask=self.causal_mask, tgt_is_causal=True)
+        return self.qformer_norm(out)
+
+    def quantize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features -> (quantized vectors [N, L, width], codes [N, L], commitment loss)."""
+        quantized, codes, commit_loss = self.quantizer(features)
+        return quantized, codes, commit_loss.sum()
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [N, L] -> quantized vectors [N, L, width] (what `quantize` returns for them)."""
+        return self.quantizer.get_output_from_indices(codes)
+
+    def decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Quantized vectors [N, L, width] -> pixels [N, 3, H, W] in [-1, 1] (unclamped)."""
+        cfg, n = self.cfg, quantized.shape[0]
+        memory = quantized + self.code_pos
+        out = self.decoder_norm(self.decoder(self.pixel_queries.expand(n, -1, -1), memory))
+        side = cfg.image_size // cfg.patch_size
+        grid = out.transpose(1, 2).reshape(n, cfg.width, side, side)
+        return self.upsample(grid)
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training pass: reconstruction, codes, the quantized vectors and the VQ loss."""
+        quantized, codes, commit_loss = self.quantize(self.encode_features(pixels))
+        return {"reconstruction": self.decode_quantized(quantized), "codes": codes,
+                "quantized": quantized, "commit_loss": commit_loss}
+
+
+def to_rgb(image: PILImage.Image) -> PILImage.Image:
+    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16-bit and 32-bit
+    integer images are scaled to 8 bits (a plain `convert` would clip them to white)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = _MAX_16BIT if values.max(initial=0) <= _MAX_16BIT else values.max()
+        gray = np.clip(values / top * _MAX_8BIT, 0, _MAX_8BIT).astype(np.uint8)
+        return PILImage.fromarray(gray, mode="L").convert("RGB")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        lo, hi = values.min(initial=0), values.max(initial=1)
+        gray = ((values - lo) / max(hi - lo, 1e-12) * _MAX_8BIT).astype(np.uint8)
+        return PILImage.fromarray(gray, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PILImage.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Image:
+    """Read an image file as RGB, refusing oversized, truncated or corrupt files with an
+    `ImageFileError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageFileError(f"{path}: image file not found")
+    try:
+        with PILImage.open(path) as image:
+            # The header alone gives the size, so a huge image is refused before decoding.
+            if image.width * image.height > max_pixels:
+                raise ImageFileError(
+                    f"{path}: image is {image.width}x{image.height}, more than the {max_pixels} pixel limit"
+                )
+            image.load()
+            return to_rgb(image)
+    except ImageFileError:
+        raise
+    except PILImage.DecompressionBombError as e:
+        raise ImageFileError(f"{path}: image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable / truncated data
+        raise ImageFileError(f"{path}: cannot read image ({e})") from None
+
+
+def images_to_tensor(images: list[PILImage.Image], image_size: int) -> torch.Tensor:
+    """PIL images (any mode and size) -> float tensor [N, 3, S, S] in [-1, 1]."""
+    arrays = []
+    for image in images:
+        rgb = to_rgb(image)
+        if rgb.size != (image_size, image_size):
+            rgb = rgb.resize((image_size, image_size), PILImage.Resampling.BICUBIC)
+        arrays.append(np.asarray(rgb, dtype=np.float32))
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return batch / (_MAX_8BIT / 2) - 1.0
+
+
+def tensor_to_images(pixels: torch.Tensor) -> list[PILImage.Image]:
+    """Float tensor [N, 3, H, W] in [-1, 1] -> RGB PIL images."""
+    array = ((pixels.clamp(-1, 1) + 1) * (_MAX_8BIT / 2)).round().to(torch.uint8)
+    return [PILImage.fromarray(a) for a in array.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+class EmbeddedImageTokenizer:
+    """The tokenizer protocol over `ImageTokenizerModel`: PIL images <-> LongTensor codes."""
+
+    def __init__(self, config: ImageTokenizerConfig, model: ImageTokenizerModel | None = None,
+                 device: str | torch.device = "cpu", batch_size: int = 64):
+        self.config = config
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.model = (model or ImageTokenizerModel(config)).to(self.device).eval()
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.config.tokens_per_image
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @torch.no_grad()
+    def encode(self, images: list[PILImage.Image]) -> torch.Tensor:
+        """Images (any mode, any size; resized to `image_size`) -> LongTensor [N, tokens_per_image]."""
+        if not images:
+            return torch.zeros(0, self.tokens_per_image, dtype=torch.long)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = images_to_tensor(images[start : start + self.batch_size], self.image_size).to(self.device)
+            _, codes, _ = self.model.quantize(self.model.encode_features(pixels))
+            out.append(codes.long().cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> list[PILImage.Image]:
+        """LongTensor [N, tokens_per_image] (or one row [tokens_per_image]) -> RGB images."""
+        codes = torch.as_tensor(codes)
+        if codes.dim() == 1:
+            codes = codes.unsqueeze(0)
+        if codes.dim() != 2 or codes.shape[1] != self.tokens_per_image:
+            raise ValueError(f"image codes must have shape [N, {self.tokens_per_image}], got {list(codes.shape)}")
+        if codes.is_floating_point():
+            raise ValueError("image codes must be integers")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            bad = codes[(codes < 0) | (codes >= self.codebook_size)][0].item()
+            raise ValueError(f"image code {bad} is outside the codebook [0, {self.codebook_size})")
+        images = []
+        for start in range(0, codes.shape[0], self.batch_size):
+            chunk = codes[start : start + self.batch_size].to(self.device)
+            images.extend(tensor_to_images(self.model.decode_quantized(self.model.embed_codes(chunk))))
+        return images
+
+    def save(self, directory: str | Path) -> None:
+        """Write `config.json` and `model.safetensors` to `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"type": TOKENIZER_TYPE, "config": dataclasses.asdict(self.config)}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        save_model(self.model, str(directory / WEIGHTS_NAME))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "EmbeddedImageTokenizer":
+        """Read a directory written by `save`."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+        meta = json.loads(config_path.read_text())
+        if meta.get("type") != TOKENIZER_TYPE:
+            raise ValueError(f"{config_path}: type is {meta.get('type')!r}, expected {TOKENIZER_TYPE!r}")
+        config = load_config(ImageTokenizerConfig, meta["config"])
+        model = ImageTokenizerModel(config)
+        load_model(model, str(directory / WEIGHTS_NAME), device="cpu")
+        return cls(config, model, device=device)

@@ -1,0 +1,177 @@
+"""The embedded image tokenizer: config, training, save/load, encode/decode, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mio.config import load
+from mio.tokenizers.base import ImageTokenizer, load_tokenizer
+from mio.tokenizers.image import EmbeddedImageTokenizer, ImageFileError, ImageTokenizerConfig, open_image, to_rgb
+from mio.tokenizers.image_train import (
+    ImageTrainConfig,
+    codebook_stats,
+    load_images,
+    reconstruction_quality,
+    train_from_config,
+)
+from mio.toyworld.scenes import render, sample_scenes
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
+TINY = CONFIGS / "image_tiny.toml"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("image_tok")
+    metrics = train_from_config(TINY, out_dir=out)
+    return out, metrics
+
+
+@pytest.mark.parametrize("name", ["image_tiny.toml", "image_default.toml"])
+def test_shipped_configs_parse(name):
+    cfg = load(ImageTrainConfig, CONFIGS / name)
+    assert cfg.model.image_size % cfg.model.patch_size == 0
+
+
+def test_default_config_matches_the_embedded_preset():
+    cfg = load(ImageTrainConfig, CONFIGS / "image_default.toml").model
+    assert (cfg.image_size, cfg.tokens_per_image) == (64, 32)
+    assert 512 <= cfg.codebook_size <= 1024
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="multiple"):
+        load(ImageTokenizerConfig, {"image_size": 60, "conv_channels": [8, 8, 8]})
+    with pytest.raises(ValueError, match="unknown key"):
+        load(ImageTrainConfig, {"model": {"tokens": 3}})
+
+
+def test_training_writes_a_loadable_tokenizer_and_metrics(trained):
+    out, metrics = trained
+    assert json.loads((out / "config.json").read_text())["type"] == "mio-image"
+    assert (out / "model.safetensors").is_file()
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in ("psnr", "ssim", "codebook_usage", "codebook_perplexity", "encode_images_per_s",
+                "decode_images_per_s", "judge_exact", "train_seconds"):
+        assert key in on_disk and math.isfinite(on_disk[key])
+    assert 0 < on_disk["codebook_usage"] <= 1 and on_disk["codebook_perplexity"] >= 1
+    assert on_disk == pytest.approx(metrics)
+
+
+def test_save_load_round_trip_is_exact(trained, tmp_path):
+    out, _ = trained
+    tok = EmbeddedImageTokenizer.load(out)
+    assert isinstance(tok, ImageTokenizer)
+    assert isinstance(load_tokenizer(out), EmbeddedImageTokenizer)
+    images = [render(s, 48) for s in sample_scenes(5, seed=1)]  # resized to image_size on encode
+    codes = tok.encode(images)
+    assert codes.shape == (5, tok.tokens_per_image) and codes.dtype == torch.long
+    assert int(codes.max()) < tok.codebook_size and int(codes.min()) >= 0
+    tok.save(tmp_path / "copy")
+    again = EmbeddedImageTokenizer.load(tmp_path / "copy")
+    assert torch.equal(again.encode(images), codes)
+    decoded = tok.decode(codes)
+    assert [d.size for d in decoded] == [(tok.image_size, tok.image_size)] * 5
+    assert all(d.mode == "RGB" for d in decoded)
+    assert np.array_equal(np.asarray(again.decode(codes)[0]), np.asarray(decoded[0]))
+    # Batching does not change results.
+    tok.batch_size = 2
+    assert torch.equal(tok.encode(images), codes)
+
+
+def test_encode_accepts_every_image_mode(trained):
+    tok = EmbeddedImageTokenizer.load(trained[0])
+    rgb = render(sample_scenes(1, seed=2)[0], 64)
+    variants = [
+        rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("P"), rgb.convert("1"), rgb.convert("CMYK"),
+        rgb.convert("LA"), Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257)),
+        rgb.resize((300, 200)),
+    ]
+    codes = tok.encode(variants)
+    assert codes.shape == (len(variants), tok.tokens_per_image)
+    assert tok.encode([]).shape == (0, tok.tokens_per_image)
+
+
+def test_to_rgb_scales_16_bit_and_composites_alpha():
+    wide = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))
+    assert wide.mode.startswith("I")
+    assert to_rgb(wide).getpixel((0, 0)) == (127, 127, 127)
+    clear = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert to_rgb(clear).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_decode_rejects_bad_codes(trained):
+    tok = EmbeddedImageTokenizer.load(trained[0])
+    good = torch.zeros(2, tok.tokens_per_image, dtype=torch.long)
+    assert len(tok.decode(good[0])) == 1
+    with pytest.raises(ValueError, match="outside the codebook"):
+        tok.decode(torch.full_like(good, tok.codebook_size))
+    with pytest.raises(ValueError, match="outside the codebook"):
+        tok.decode(good - 1)
+    with pytest.raises(ValueError, match="shape"):
+        tok.decode(good[:, :-1])
+    with pytest.raises(ValueError, match="integers"):
+        tok.decode(good.float())
+
+
+def test_load_rejects_other_types(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"type": "mio-speech", "config": {}}))
+    with pytest.raises(ValueError, match="mio-speech"):
+        EmbeddedImageTokenizer.load(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        EmbeddedImageTokenizer.load(tmp_path / "nowhere")
+
+
+def test_load_images_from_folder_and_manifest(tmp_path):
+    scenes = sample_scenes(3, seed=4)
+    for i, s in enumerate(scenes):
+        render(s).save(tmp_path / f"{i}.png")
+    render(scenes[0]).convert("P").save(tmp_path / "palette.gif")
+    folder = load_images(tmp_path)
+    assert len(folder.images) == 4 and all(im.mode == "RGB" for im in folder.images)
+    manifest = tmp_path / "data.jsonl"
+    manifest.write_text("\n".join(json.dumps({"image": f"{i}.png", "caption": f"scene {i}"}) for i in range(3)) + "\n\n")
+    data = load_images(manifest)
+    assert data.captions == ["scene 0", "scene 1", "scene 2"]
+
+
+def test_bad_image_files_raise_clear_errors(tmp_path):
+    good = tmp_path / "good.png"
+    render(sample_scenes(1)[0]).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"this is not a jpeg")
+    for path in (truncated, corrupt, tmp_path / "missing.png"):
+        with pytest.raises(ImageFileError, match=path.name):
+            open_image(path)
+    with pytest.raises(ImageFileError, match="pixel limit"):
+        open_image(good, max_pixels=100)
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text('{"image": "good.png"}\nnot json\n')
+    with pytest.raises(ImageFileError, match="bad.jsonl:2"):
+        load_images(manifest)
+    manifest.write_text('{"image": "corrupt.jpg", "caption": "x"}\n')
+    with pytest.raises(ImageFileError, match="corrupt.jpg"):
+        load_images(manifest)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ImageFileError, match="no image files"):
+        load_images(empty)
+    assert issubclass(ImageFileError, ValueError)
+
+
+def test_metric_helpers():
+    stats = codebook_stats(torch.tensor([[0, 1], [2, 3]]), codebook_size=8)
+    assert stats["codebook_usage"] == 0.5 and stats["codebook_perplexity"] == pytest.approx(4.0)
+    image = render(sample_scenes(1)[0])
+    noisy = Image.fromarray(np.clip(np.asarray(image).astype(int) + 3, 0, 255).astype(np.uint8))
+    quality = reconstruction_quality([image], [noisy])
+    assert 35 < quality["psnr"] < 45 and 0.9 < quality["ssim"] <= 1.0
