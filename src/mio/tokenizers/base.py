@@ -61,6 +61,8 @@ def load_tokenizer(directory: str | Path):
     if not config_path.is_file():
         raise FileNotFoundError(f"no tokenizer config.json in {directory}")
     kind = json.loads(config_path.read_text()).get("type")
+    if kind is None and (directory / "SpeechTokenizer.pt").is_file():
+        kind = "speechtokenizer"  # a released SpeechTokenizer directory has no "type" key
     if kind not in TOKENIZER_TYPES:
         raise ValueError(f"{config_path}: unknown tokenizer type {kind!r} (known: {sorted(TOKENIZER_TYPES)})")
     module, cls = TOKENIZER_TYPES[kind].split(":")

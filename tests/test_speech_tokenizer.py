@@ -1,0 +1,162 @@
+"""The embedded speech tokenizer: config, training, save/load, encode/decode, bad input, judge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mio import config as config_lib
+from mio.tokenizers.audio import AudioError, load_audio
+from mio.tokenizers.base import SpeechTokenizer, load_tokenizer
+from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
+from mio.tokenizers.speech_train import SpeechTrainConfig, ctc_greedy, text_to_labels, train_from_config
+from mio.toyworld.speech_synth import Voice, synthesize
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speech_tok")
+    metrics = train_from_config(CONFIGS / "speech_tiny.toml", out_dir=out)
+    return out, metrics
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return synthesize("three red circles on the left", Voice("en-us", "f2"))
+
+
+@pytest.mark.parametrize("name", ["speech_tiny.toml", "speech_default.toml"])
+def test_shipped_configs_parse(name):
+    cfg = config_lib.load(SpeechTrainConfig, CONFIGS / name)
+    assert cfg.model.num_layers == 4 and cfg.model.frame_rate <= 50
+
+
+def test_config_rejects_bad_frame_rate():
+    with pytest.raises(config_lib.ConfigError, match="frame_rate"):
+        config_lib.load(SpeechTokenizerConfig, {"frame_rate": 30.0})
+
+
+def test_training_writes_a_loadable_directory(trained):
+    out, metrics = trained
+    assert json.loads((out / "config.json").read_text())["type"] == "mio-speech"
+    assert (out / "model.safetensors").is_file()
+    saved = json.loads((out / "metrics.json").read_text())
+    held = saved["heldout"]
+    for key in ("mel_l1", "layer1_ctc_cer", "encode_rtf", "decode_rtf", "codebook_usage"):
+        assert key in held
+    assert set(held["probe_speaker_accuracy"]) == {"layer1", "layers2_4", "chance"}
+    assert saved["judge"] == {"skipped": "judge_utterances = 0"}
+    assert metrics["train"]["steps"] == 20
+
+
+def test_encode_decode_roundtrip(trained, speech):
+    tok = load_tokenizer(trained[0])
+    assert isinstance(tok, EmbeddedSpeechTokenizer) and isinstance(tok, SpeechTokenizer)
+    assert (tok.codebook_size, tok.frame_rate, tok.sample_rate) == (16, 25.0, 16000)
+    codes = tok.encode(speech, 16000)
+    seconds = len(speech) / 16000
+    assert codes.dtype == torch.long and codes.shape[0] == 4
+    assert abs(codes.shape[1] - seconds * 25) <= 2
+    assert codes.min() >= 0 and codes.max() < 16
+    wave, rate = tok.decode(codes)
+    assert rate == 16000 and wave.dtype == torch.float32 and wave.dim() == 1
+    assert abs(len(wave) / rate - codes.shape[1] / 25) < 0.05
+    assert torch.isfinite(wave).all() and wave.abs().max() <= 1.0
+    again = EmbeddedSpeechTokenizer.load(trained[0])
+    assert torch.equal(again.encode(speech, 16000), codes)
+    assert torch.equal(tok.decode(codes.tolist())[0], wave)  # lists work too
+
+
+def test_input_handling(trained, speech):
+    tok = load_tokenizer(trained[0])
+    codes = tok.encode(speech, 16000)
+    stereo = np.stack([speech, speech])
+    assert torch.equal(tok.encode(stereo, 16000), codes)  # [channels, N]
+    assert torch.equal(tok.encode(stereo.T, 16000), codes)  # [N, channels]
+    for rate in (8000, 48000):
+        from mio.tokenizers.audio import resample
+
+        other = tok.encode(resample(speech, 16000, rate), rate)
+        assert abs(other.shape[1] - codes.shape[1]) <= 1
+    clipped = np.clip(speech * 20, -1, 1)
+    assert tok.encode(clipped, 16000).shape == codes.shape
+    assert torch.equal(tok.encode(speech * 0.05, 16000), codes)  # level is normalised
+
+
+@pytest.mark.parametrize(
+    "wave, match",
+    [
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.zeros(16000, dtype=np.float32), "silent"),
+        (np.full(16000, np.nan, dtype=np.float32), "NaN"),
+        (np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 16).astype(np.float32), "maximum of 15"),
+        (np.zeros((2, 3, 4), dtype=np.float32), "shape"),
+    ],
+)
+def test_bad_audio_is_a_clear_error(trained, wave, match):
+    tok = load_tokenizer(trained[0])
+    with pytest.raises(AudioError, match=match):
+        tok.encode(wave, 16000)
+
+
+def test_bad_codes_are_a_clear_error(trained):
+    tok = load_tokenizer(trained[0])
+    for codes, match in [
+        ([[1, 2, 3], [1, 2], [1, 2, 3], [1, 2, 3]], "unequal"),
+        (torch.zeros(3, 5, dtype=torch.long), "shape"),
+        (torch.full((4, 5), 16), "out of range"),
+        (torch.zeros(4, 0, dtype=torch.long), "empty"),
+        (torch.zeros(4, 5), "integers"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            tok.decode(codes)
+
+
+def test_load_audio(tmp_path, speech):
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([speech, speech], axis=1), 22050)
+    wave, rate = load_audio(path)
+    assert rate == 22050 and wave.shape == (2, len(speech))
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"this is not audio at all" * 10)
+    with pytest.raises(AudioError, match="not a readable audio file"):
+        load_audio(junk)
+    with pytest.raises(FileNotFoundError):
+        load_audio(tmp_path / "missing.wav")
+
+
+def test_ctc_helpers():
+    labels = text_to_labels("Red, 2 cats!")
+    assert labels == text_to_labels("red cats") [:3] + labels[3:]
+    # best path "aa-b" with blanks collapses to "ab"
+    a, b = text_to_labels("a")[0], text_to_labels("b")[0]
+    log_probs = torch.full((4, 29), -10.0)
+    for t, c in enumerate([a, a, 0, b]):
+        log_probs[t, c] = 0.0
+    assert ctc_greedy(log_probs, 4) == "ab"
+
+
+def test_wer_normalises():
+    judge = pytest.importorskip("mio.eval.speech_judge")
+    pytest.importorskip("jiwer")
+    pytest.importorskip("whisper_normalizer")
+    assert judge.wer(["three red circles"], ["Three red circles."]) == 0.0
+    assert judge.wer(["a b c d"], ["a b c"]) == 0.25
+    with pytest.raises(ValueError):
+        judge.wer(["a"], [])
+
+
+def test_whisper_judge_transcribes(speech):
+    from mio.eval import speech_judge
+
+    if not speech_judge.available():
+        pytest.skip(speech_judge.UNAVAILABLE_HINT)
+    hyp = speech_judge.transcribe([speech], 16000)
+    assert speech_judge.wer(["three red circles on the left"], hyp) <= 0.4
