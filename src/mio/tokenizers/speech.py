@@ -35,6 +35,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 CTC_ALPHABET = " abcdefghijklmnopqrstuvwxyz'"
 """Characters the content (CTC) head spells; CTC class 0 is the blank, class i+1 is CTC_ALPHABET[i]."""
+CTC_HEAD_KERNEL = 5
 
 
 @dataclass
@@ -75,6 +76,8 @@ class SpeechTokenizerConfig:
     """Weight of the VQ commitment loss."""
     ctc_upsample: int = 2
     """CTC outputs per code frame, so the content head can spell faster than the frame rate."""
+    ctc_channels: int = 128
+    """Width of the content head (a small conv over layer-1 embeddings, so it sees context)."""
     max_seconds: float = 15.0
     """Longest audio `encode` accepts (the paper drops speech over 15 s)."""
     griffin_lim_iters: int = 32
@@ -155,7 +158,11 @@ class SpeechCodec(nn.Module):
             nn.GELU(),
             nn.Conv1d(c.upsampled_channels, n_freq, 1),
         )
-        self.ctc_head = nn.Linear(c.latent_dim, c.ctc_upsample * (len(CTC_ALPHABET) + 1))
+        self.ctc_head = nn.Sequential(
+            nn.Conv1d(c.latent_dim, c.ctc_channels, CTC_HEAD_KERNEL, padding=CTC_HEAD_KERNEL // 2),
+            nn.GELU(),
+            nn.Conv1d(c.ctc_channels, c.ctc_upsample * (len(CTC_ALPHABET) + 1), 1),
+        )
 
     # ---- features ----
 
@@ -190,7 +197,8 @@ class SpeechCodec(nn.Module):
     def ctc_logits(self, content: torch.Tensor) -> torch.Tensor:
         """Content [B, T, D] -> CTC log-probabilities [B, T * ctc_upsample, classes]."""
         b, t, _ = content.shape
-        return self.ctc_head(content).reshape(b, t * self.config.ctc_upsample, -1).log_softmax(-1)
+        logits = self.ctc_head(content.transpose(1, 2)).transpose(1, 2)
+        return logits.reshape(b, t * self.config.ctc_upsample, -1).log_softmax(-1)
 
     def decode_log_magnitude(self, quantized: torch.Tensor) -> torch.Tensor:
         """Quantized [B, T, D] -> log-magnitude [B, F, T * downsample]."""

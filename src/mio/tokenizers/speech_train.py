@@ -174,18 +174,19 @@ def _lr_at(step: int, cfg: SpeechTrainConfig) -> float:
     return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(cfg: SpeechTrainConfig) -> tuple[EmbeddedSpeechTokenizer, dict]:
-    """Synthesize data, train the codec, and measure it; returns (tokenizer, metrics)."""
+def train(cfg: SpeechTrainConfig, out_dir: str | Path | None = None) -> tuple[EmbeddedSpeechTokenizer, dict]:
+    """Synthesize data, train the codec (saved to `out_dir` if given, before the slower
+    evaluation), and measure it; returns (tokenizer, metrics)."""
     previous_threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg)
+        return _train(cfg, out_dir)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(cfg: SpeechTrainConfig) -> tuple[EmbeddedSpeechTokenizer, dict]:
+def _train(cfg: SpeechTrainConfig, out_dir: str | Path | None) -> tuple[EmbeddedSpeechTokenizer, dict]:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     sr = cfg.model.sample_rate
@@ -236,6 +237,9 @@ def _train(cfg: SpeechTrainConfig) -> tuple[EmbeddedSpeechTokenizer, dict]:
     train_seconds = time.perf_counter() - start
 
     tokenizer = EmbeddedSpeechTokenizer(cfg.model, codec)
+    if out_dir is not None:
+        tokenizer.save(out_dir)
+        log.info("trained in %.0f s; saved the speech tokenizer to %s; evaluating", train_seconds, out_dir)
     metrics = {
         "train": {
             "steps": cfg.steps,
@@ -362,13 +366,12 @@ def train_from_config(config_path: str | Path, out_dir: str | Path | None = None
     """Train from a TOML config, save the tokenizer and metrics.json to the output directory."""
     cfg = config_lib.load(SpeechTrainConfig, config_path)
     out = Path(out_dir or cfg.out_dir)
-    tokenizer, metrics = train(cfg)
-    tokenizer.save(out)
+    _, metrics = train(cfg, out)
     metrics["config"] = config_lib.to_dict(cfg)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     held = metrics["heldout"]
     log.info(
-        "saved speech tokenizer to %s: mel L1 %.3f, layer-1 CER %.3f, speaker probe layer1 %.2f vs layers2-4 %.2f "
+        "speech tokenizer in %s: mel L1 %.3f, layer-1 CER %.3f, speaker probe layer1 %.2f vs layers2-4 %.2f "
         "(chance %.2f), encode RTF %.4f, decode RTF %.4f",
         out, held["mel_l1"], held["layer1_ctc_cer"], held["probe_speaker_accuracy"]["layer1"],
         held["probe_speaker_accuracy"]["layers2_4"], held["probe_speaker_accuracy"]["chance"],
