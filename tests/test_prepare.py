@@ -15,6 +15,7 @@ from mio.data.prepare import SUMMARY_FILE, MediaError, PrepareConfig, prepare
 from mio.data.shards import open_dataset
 from mio.segments import Image, Speech
 from mio.tokenizers import base
+from mio.tokenizers.video import write_gif
 
 RATE = 8000
 FRAME_RATE = 50.0
@@ -97,6 +98,7 @@ def corpus(tmp_path):
     m = tmp_path / "corpus"
     for i, colour in enumerate(["red", "green", "blue", "yellow", "white"]):
         png(m / "media" / f"im{i}.png", colour)
+    write_gif([PILImage.new("RGB", (8, 8), (30 * i, 0, 0)) for i in range(6)], m / "media" / "clip.gif")
     wav(m / "media" / "short.wav", 0.4)
     wav(m / "media" / "long.wav", 16.0)  # over the paper's 15 s: dropped
     frames = [f"media/im{i}.png" for i in range(5)]
@@ -107,6 +109,7 @@ def corpus(tmp_path):
         "",
         {"type": "video_text_pair", "segments": [{"video": frames}, {"text": "colours change"}]},
         {"type": "image_text_interleaved", "segments": [{"text": "first"}, {"image": "media/im2.png"}, {"text": "then"}, {"image": "media/im3.png"}]},
+        {"type": "video_text_interleaved", "segments": [{"text": "a clip:"}, {"video": "media/clip.gif"}, {"text": "the end"}]},
         {"type": "speech_text_pair", "segments": [{"speech": "media/short.wav"}, {"text": "hello world"}]},
         {"type": "speech_text_pair", "segments": [{"speech": "media/long.wav"}, {"text": "too long"}]},
         {"type": "sft", "task": "asr", "messages": [
@@ -147,11 +150,11 @@ def test_prepare_end_to_end(tmp_path, text_dir, corpus, vocab):
     assert summary["records"]["image_text_pair"] == 3 and summary["records"]["language"] == 3
     docs = {t: v["docs"] for t, v in summary["data_types"].items()}
     assert docs == {"image_text_pair": 3, "language": 3, "video_text_pair": 1, "image_text_interleaved": 1,
-                    "speech_text_pair": 1, "sft/asr": 1, "sft/vqa": 1}
+                    "video_text_interleaved": 1, "speech_text_pair": 1, "sft/asr": 1, "sft/vqa": 1}
     assert summary["data_types"]["language"]["shards"] == 2  # 2 docs per shard
     assert json.loads((out / SUMMARY_FILE).read_text()) == summary
     # each distinct file is tokenized once; the over-long speech not at all; images in batches
-    assert images.encoded == 5 and speech.encoded == 1 and images.calls >= 3
+    assert images.encoded == 5 + 6 and speech.encoded == 1 and images.calls >= 3  # 6 frames of the GIF
 
     pairs = open_dataset(out / "image_text_pair")
     assert len(pairs) == 3
@@ -162,6 +165,9 @@ def test_prepare_end_to_end(tmp_path, text_dir, corpus, vocab):
 
     video = vocab.to_string(open_dataset(out / "video_text_pair")[0].ids)
     assert video.count("<image>") == 4  # the paper's minimum for a short description
+    clip = vocab.parse(open_dataset(out / "video_text_interleaved")[0].ids)
+    assert [s.codes.tolist() for s in clip if isinstance(s, Image)] == [
+        image_codes(PILImage.new("RGB", (8, 8), (30 * i, 0, 0))).tolist() for i in range(6)]  # all 6 (<= 8) frames, in order
 
     sft = open_dataset(out / "sft")
     assert {d.data_type for d in sft} == {"sft/asr", "sft/vqa"}

@@ -13,6 +13,22 @@ Every sample's random choices (caption vs generation order, ASR vs TTS) come fro
 RNG seeded by (seed, manifest, line): the output does not depend on the order or number of
 manifests. Samples a paper rule drops (speech over the limit) are counted, not errors.
 The summary is written last: an output directory without it is an interrupted run.
+
+A config (TOML, keys of `PrepareConfig`):
+
+    output_dir = "data/shards"
+    text_tokenizer = "runs/tok/text"
+    image_tokenizer = "runs/tok/image"
+    speech_tokenizer = "runs/tok/speech"
+    manifests = ["data/pretrain.jsonl", "data/sft.jsonl"]
+    [typed_manifests]
+    language = ["data/wiki.jsonl"]
+    [layout]          # must match the tokenizers; the paper's sizes by default
+    image_codebook_size = 8192
+    [encode]
+    asr_template = "asr"
+
+Training then reads `data/shards/<data_type>` as the sources of a `MixtureConfig`.
 """
 
 from __future__ import annotations
