@@ -61,13 +61,13 @@ class ModelConfig:
             raise ValueError("hidden_size must be divisible by num_heads")
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be divisible by num_kv_heads")
-        if self.init_from and not Path(self.init_from).is_dir():
-            raise ValueError(f"init_from: pretrained model directory not found: {self.init_from}")
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> LlamaForCausalLM:
     """A Llama LM with `vocab_size` rows: random from `cfg`, or pretrained and extended."""
     if cfg.init_from:
+        if not Path(cfg.init_from).is_dir():
+            raise FileNotFoundError(f"model.init_from: pretrained model directory not found: {cfg.init_from}")
         model = AutoModelForCausalLM.from_pretrained(cfg.init_from, attn_implementation=cfg.attn_implementation)
         extend_vocab(model, vocab_size)
         return model
