@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mio.train", "run a training stage (or a chain of stages) from a TOML config"),
     "tokenizer train": ("mio.tokenizers.train_cli", "train an embedded image or speech tokenizer"),
     "bench train": ("mio.bench", "training throughput: masked packing vs pad-to-longest batching"),
+    "bench generate": ("mio.bench_generate", "generation throughput: the engine vs transformers' generate"),
+    "generate": ("mio.generate_cli", "generate from a multimodal prompt; media outputs are written to a folder"),
+    "chat": ("mio.chat_cli", "chat in the terminal with text, image, audio and video inputs"),
+    "toyworld": ("mio.toyworld.build", "build the embedded world's corpus: manifests for pre-training, SFT and evaluation"),
+    "eval": ("mio.eval.harness", "score a checkpoint on the evaluation suites"),
 }
 
 
