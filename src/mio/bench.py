@@ -1,0 +1,248 @@
+"""`mio bench train`: training throughput of masked packing vs pad-to-longest batching.
+
+Both methods train the same model config (fresh, identically seeded weights, fp32, AdamW)
+on the same synthetic mixed-length corpus, with the same number of optimizer steps, the
+same rows per batch B and the same context cap L:
+
+- packed: `Packer` rows of exactly L tokens, several documents per row, document-causal
+  attention; documents longer than L are split into pieces (all of their tokens train).
+- padded: the usual baseline, `padded_batches`: B documents per batch, one per row, padded
+  to the longest of the B; documents longer than L are truncated to L (the cut tokens are
+  never trained on, and are not counted as useful).
+
+Fair batch size: the baseline gets the same B as packing because that is what the same
+memory allows. A padded batch is as wide as its longest document, and the corpus has many
+documents of L tokens or more (TTS speech), so the baseline's worst-case batch is B x L,
+exactly the packed batch; a larger B for it would run out of the memory packing uses.
+
+Useful tokens are the non-padding tokens a step actually processes; throughput is useful
+tokens per second of training (forward with `token_losses`, mean loss over the non-ignored
+tokens, backward, gradient clipping, AdamW step). Batches are built before timing, so only
+training is timed; a few warmup steps per method are run first and not timed. CPU threads
+are torch's default (set OMP_NUM_THREADS to change them; on a CPU shared with other jobs,
+fewer threads than cores avoids OpenMP oversubscription, which can slow small models ~10x).
+
+The corpus (documents of random ids within the vocab; only lengths matter here) follows the
+paper's Stage II batch ratio image-text pair : language : video : speech = 2 : 2 : 6 : 6,
+with speech split evenly between ASR and TTS. Lengths, from MIO's layouts:
+
+| type | tokens |
+|---|---|
+| image-text pair | 34 image (32 codes + 2 specials) + 10-30 caption + 12 template |
+| language | 100-600 |
+| video-text pair | 4-8 frames x 34 + 10-60 description + 12 template |
+| speech, ASR | 2-15 s x 25-50 content tokens/s + 3 transcript tokens/s + 12 template |
+| speech, TTS | 2-15 s x 50 frames/s x 4 layers + 3 transcript tokens/s + 12 template |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from mio.data.encode import Encoded
+from mio.data.packing import IGNORE, Packer, PackedBatch, padded_batches
+from mio.model import ModelConfig, build_model, count_parameters, token_losses
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_TOKENS = 12
+"""BOS, EOS, media specials and template words around a pair's media and text."""
+TRANSCRIPT_TOKENS_PER_SECOND = 3
+"""Text tokens of a transcript per second of speech (~2.5 words/s)."""
+MIX = {"image_text_pair": 2, "language": 2, "video_text_pair": 6, "asr": 3, "tts": 3}
+"""Document proportions: the paper's Stage II ratio, speech split evenly into ASR and TTS."""
+
+
+@dataclass
+class Preset:
+    """One benchmark setting: the model and the batch shape both methods share."""
+
+    model: ModelConfig
+    vocab_size: int
+    context_length: int
+    batch_size: int
+    steps: int
+    warmup_steps: int
+
+
+PRESETS = {
+    # 11.6M parameters (a 4096-token text BPE plus MIO's 12292 media rows); about a minute
+    # for both methods on an idle 2-core CPU.
+    "small": Preset(
+        ModelConfig(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=688),
+        vocab_size=4096 + 12292,
+        context_length=1024,
+        batch_size=4,
+        steps=6,
+        warmup_steps=1,
+    ),
+    # Seconds on a CPU: for tests and smoke runs.
+    "tiny": Preset(
+        ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128),
+        vocab_size=512,
+        context_length=512,
+        batch_size=4,
+        steps=2,
+        warmup_steps=1,
+    ),
+}
+
+
+def document_length(kind: str, rng: random.Random) -> int:
+    """Token count of one synthetic document of `kind` (a key of `MIX`)."""
+    if kind == "image_text_pair":
+        return 34 + rng.randint(10, 30) + TEMPLATE_TOKENS
+    if kind == "language":
+        return rng.randint(100, 600)
+    if kind == "video_text_pair":
+        return 34 * rng.randint(4, 8) + rng.randint(10, 60) + TEMPLATE_TOKENS
+    seconds = rng.uniform(2.0, 15.0)
+    speech = seconds * rng.uniform(25.0, 50.0) if kind == "asr" else seconds * 50.0 * 4
+    return int(speech) + int(seconds * TRANSCRIPT_TOKENS_PER_SECOND) + TEMPLATE_TOKENS
+
+
+def synthetic_corpus(seed: int, vocab_size: int) -> Iterator[Encoded]:
+    """An endless, deterministic stream of mixed-length documents of random ids (all loss targets)."""
+    rng = random.Random(seed)
+    kinds, weights = list(MIX), list(MIX.values())
+    while True:
+        kind = rng.choices(kinds, weights)[0]
+        n = document_length(kind, rng)
+        ids = [rng.randrange(vocab_size) for _ in range(n)]
+        data_type = "speech_text_pair" if kind in ("asr", "tts") else kind
+        yield Encoded(ids, [True] * n, data_type)
+
+
+@dataclass
+class Measurement:
+    """Timed steps of one method."""
+
+    useful_tokens: int
+    pad_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.useful_tokens / self.seconds
+
+    @property
+    def pad_fraction(self) -> float:
+        return self.pad_tokens / (self.useful_tokens + self.pad_tokens)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_steps(preset: Preset, batches: list[PackedBatch], warmup_steps: int, device: torch.device) -> Measurement:
+    """Train a fresh model on `batches`; the first `warmup_steps` are run but not timed."""
+    model = build_model(preset.model, preset.vocab_size).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    useful = pad = 0
+    start = 0.0
+    for step, batch in enumerate(batches):
+        if step == warmup_steps:
+            _synchronize(device)
+            start = time.perf_counter()
+        batch = batch.to(device)
+        losses = token_losses(model, batch)
+        count = (batch.labels != IGNORE).sum().clamp(min=1)
+        (losses.sum() / count).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= warmup_steps:
+            useful += batch.num_tokens - batch.num_pad
+            pad += batch.num_pad
+    _synchronize(device)
+    return Measurement(useful, pad, time.perf_counter() - start)
+
+
+def describe_model(preset: Preset, context_length: int) -> str:
+    cfg = preset.model
+    params = count_parameters(build_model(cfg, preset.vocab_size))
+    return (
+        f"Llama {params / 1e6:.1f}M params, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+        f"{cfg.num_heads} heads, vocab {preset.vocab_size}, context {context_length}, fp32, {cfg.attn_implementation}"
+    )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", type=Path, help="write the results as JSON to this path")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model and batch shape (default: small)")
+    p.add_argument("--steps", type=int, help="timed optimizer steps per method (default: the preset's)")
+    p.add_argument("--context-length", type=int, help="row length L and the baseline's truncation cap (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="rows per batch B for both methods (default: the preset's)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
+
+
+def run(args: argparse.Namespace) -> int:
+    preset = PRESETS[args.preset]
+    steps = args.steps or preset.steps
+    length = args.context_length or preset.context_length
+    batch_size = args.batch_size or preset.batch_size
+    if steps < 1 or length < 2 or batch_size < 1:
+        raise ValueError("--steps and --batch-size must be >= 1, --context-length >= 2")
+    if length > preset.model.max_position_embeddings:
+        raise ValueError(f"--context-length {length} exceeds the model's {preset.model.max_position_embeddings} positions")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    n = preset.warmup_steps + steps
+
+    packer = Packer(length, batch_size, pad_id=0)
+    packed_iter = packer.batches(synthetic_corpus(args.seed, preset.vocab_size))
+    packed = [next(packed_iter) for _ in range(n)]
+    corpus = synthetic_corpus(args.seed, preset.vocab_size)
+    docs = [next(corpus) for _ in range(n * batch_size)]
+    padded = list(padded_batches(docs, batch_size, length, pad_id=0))
+    timed_docs = docs[preset.warmup_steps * batch_size :]
+    truncated = sum(max(0, len(d) - length) for d in timed_docs) / sum(len(d) for d in timed_docs)
+
+    model = describe_model(preset, length)
+    log.info(
+        "%s on %s (%d CPU threads): %d timed steps (+%d warmup) per method, %d rows per batch",
+        model, device, torch.get_num_threads(), steps, preset.warmup_steps, batch_size,
+    )
+    results = {}
+    for name, batches in (("packed", packed), ("padded", padded)):
+        results[name] = m = train_steps(preset, batches, preset.warmup_steps, device)
+        log.info("%s: %d useful tokens in %.1f s", name, m.useful_tokens, m.seconds)
+    p, q = results["packed"], results["padded"]
+    ratio = p.tokens_per_s / q.tokens_per_s
+
+    log.info("%-7s %14s %13s %14s %9s", "method", "useful tok/s", "pad fraction", "useful tokens", "seconds")
+    for name, m in results.items():
+        log.info("%-7s %14.1f %13.3f %14d %9.1f", name, m.tokens_per_s, m.pad_fraction, m.useful_tokens, m.seconds)
+    log.info("ratio packed/padded: %.2fx; the baseline truncated %.1f%% of its documents' tokens", ratio, 100 * truncated)
+
+    if args.json:
+        out = {
+            "packed_tokens_per_s": p.tokens_per_s,
+            "padded_tokens_per_s": q.tokens_per_s,
+            "ratio": ratio,
+            "packed_pad_fraction": p.pad_fraction,
+            "padded_pad_fraction": q.pad_fraction,
+            "model": model,
+            "device": str(device),
+            "cpu_threads": torch.get_num_threads(),
+            "steps": steps,
+            "warmup_steps": preset.warmup_steps,
+            "context_length": length,
+            "batch_size": batch_size,
+            "padded_truncated_fraction": truncated,
+            "seed": args.seed,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        log.info("wrote %s", args.json)
+    return 0

@@ -1,0 +1,46 @@
+import json
+import random
+
+import torch
+
+from mio.bench import MIX, document_length, synthetic_corpus
+from mio.cli import main
+
+
+def test_bench_train_tiny_writes_the_design_keys(tmp_path):
+    path = tmp_path / "bench.json"
+    # One thread: this checks the output, not speed, and a shared CPU makes OpenMP spin.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["bench", "train", "--preset", "tiny", "--steps", "2", "--json", str(path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads(path.read_text())
+    keys = {"packed_tokens_per_s", "padded_tokens_per_s", "ratio", "packed_pad_fraction", "padded_pad_fraction", "model", "device"}
+    assert keys <= out.keys()
+    for key in keys - {"model", "device"}:
+        assert isinstance(out[key], float) and out[key] >= 0
+    assert out["packed_tokens_per_s"] > 0 and out["padded_tokens_per_s"] > 0
+    assert isinstance(out["model"], str) and out["model"]
+    assert out["device"] in ("cpu", "cuda")
+    assert 0.0 <= out["packed_pad_fraction"] < out["padded_pad_fraction"] <= 1.0
+
+
+def test_synthetic_corpus_is_deterministic_and_within_the_vocab():
+    a, b = synthetic_corpus(3, 100), synthetic_corpus(3, 100)
+    docs = [next(a) for _ in range(50)]
+    assert [d.ids for d in docs] == [next(b).ids for _ in range(50)]
+    assert all(0 <= i < 100 for d in docs for i in d.ids)
+
+
+def test_document_lengths_follow_the_documented_ranges():
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = {kind: document_length(kind, rng) for kind in MIX}
+        assert 56 <= lengths["image_text_pair"] <= 76
+        assert 100 <= lengths["language"] <= 600
+        assert 4 * 34 + 22 <= lengths["video_text_pair"] <= 8 * 34 + 72
+        assert 2 * 25 <= lengths["asr"] <= 15 * 50 + 45 + 12
+        assert 2 * 200 <= lengths["tts"] <= 15 * 200 + 45 + 12
