@@ -1,11 +1,15 @@
-"""`mio tokenizer train {image,speech} CONFIG`: train an embedded tokenizer from a TOML config."""
+"""`mio tokenizer train {text,image,speech} CONFIG`: make a tokenizer from a TOML config."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 
-TRAINERS = {"image": "mio.tokenizers.image_train", "speech": "mio.tokenizers.speech_train"}
+TRAINERS = {
+    "text": "mio.tokenizers.text_train",
+    "image": "mio.tokenizers.image_train",
+    "speech": "mio.tokenizers.speech_train",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
