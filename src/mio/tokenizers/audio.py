@@ -19,7 +19,7 @@ SILENCE_PEAK = 1e-4
 TARGET_RMS = 0.1
 """RMS level waves are normalised to before feature extraction (about -20 dBFS)."""
 LOG_FLOOR = 1e-5
-"""Floor under magnitudes before taking logs."""
+"""Small floor against dividing by zero or taking the log of zero."""
 
 
 class AudioError(ValueError):
@@ -116,9 +116,9 @@ def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int) -> torch.Tensor:
 class Spectrogram(torch.nn.Module):
     """Waveform -> magnitude STFT and log-mel, and magnitudes -> waveform (Griffin-Lim)."""
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int):
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, floor: float = LOG_FLOOR):
         super().__init__()
-        self.n_fft, self.hop_length = n_fft, hop_length
+        self.n_fft, self.hop_length, self.floor = n_fft, hop_length, floor
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.register_buffer("mel_fb", mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate), persistent=False)
 
@@ -135,7 +135,11 @@ class Spectrogram(torch.nn.Module):
 
     def log_mel(self, magnitude: torch.Tensor) -> torch.Tensor:
         """Magnitude [B, F, T] -> log-mel [B, n_mels, T]."""
-        return torch.log(torch.einsum("bft,fm->bmt", magnitude, self.mel_fb).clamp_min(LOG_FLOOR))
+        return torch.log(torch.einsum("bft,fm->bmt", magnitude, self.mel_fb).clamp_min(self.floor))
+
+    def log_magnitude(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """Magnitude -> log-magnitude, floored at `floor`."""
+        return torch.log(magnitude.clamp_min(self.floor))
 
     def griffin_lim(self, magnitude: torch.Tensor, iterations: int, length: int | None = None) -> torch.Tensor:
         """Phase reconstruction from a magnitude [B, F, T] by Griffin-Lim with momentum

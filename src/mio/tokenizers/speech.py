@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from vector_quantize_pytorch import ResidualVQ
 
-from mio.tokenizers.audio import LOG_FLOOR, Spectrogram, normalize_loudness, prepare_wave
+from mio.tokenizers.audio import Spectrogram, normalize_loudness, prepare_wave
 
 TOKENIZER_TYPE = "mio-speech"
 CONFIG_FILE = "config.json"
@@ -50,6 +50,9 @@ class SpeechTokenizerConfig:
     """STFT hop in samples (160 at 16 kHz = 100 spectral frames per second)."""
     n_mels: int = 80
     """Mel bands of the encoder input."""
+    spectral_floor: float = 1e-2
+    """Floor under STFT / mel magnitudes before the log (about 65 dB below the peaks of
+    loudness-normalised speech), so the losses ignore the inaudible noise floor."""
     frame_rate: float = 50.0
     """Code frames per second; sample_rate / hop_length / frame_rate must be an integer."""
     num_layers: int = 4
@@ -127,7 +130,7 @@ class SpeechCodec(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        self.spec = Spectrogram(c.sample_rate, c.n_fft, c.hop_length, c.n_mels)
+        self.spec = Spectrogram(c.sample_rate, c.n_fft, c.hop_length, c.n_mels, c.spectral_floor)
         ds = c.downsample
         # Encoder: stack `ds` mel frames into one code frame, then mix over time.
         self.encoder = nn.Sequential(
@@ -169,7 +172,7 @@ class SpeechCodec(nn.Module):
     def features(self, waves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Waves [B, N] -> (log-magnitude [B, F, S], log-mel [B, n_mels, S]), S spectral frames."""
         magnitude = self.spec.magnitude(waves)
-        return torch.log(magnitude.clamp_min(LOG_FLOOR)), self.spec.log_mel(magnitude)
+        return self.spec.log_magnitude(magnitude), self.spec.log_mel(magnitude)
 
     def code_frames(self, spectral_frames: int) -> int:
         """Code frames for a number of spectral frames (the last partial group is padded)."""
