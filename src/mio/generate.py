@@ -1,0 +1,608 @@
+"""The generation engine: batched KV-cache decoding with a per-row modality state machine.
+
+One causal LM writes text, image, video and speech tokens. What keeps its output decodable
+is a constraint object per row, applied to the logits OUTSIDE the model's forward
+(`ModalityState`): inside `<image>` only image codes are allowed and `</image>` is forced
+after exactly `tokens_per_image` codes (a video is a run of image blocks); inside `<spch>`
+the content block comes first (the model ends it by writing a timbre-1 code, or `</spch>`
+when content-only speech is allowed), then the three timbre blocks, each forced to the
+content block's length, then `</spch>`. The caller restricts which modalities may be opened
+(voice mode = speech only: the reply must start with `<spch>`).
+
+With `fit_to_budget` (the default) a block is opened only when it can close within
+`max_new_tokens`, and a speech content block ends early enough for its timbre blocks to
+fit, so every reply is well-formed by construction. Without it, a block cut off by the
+limit comes back from `Vocab.parse` as a `Malformed` segment.
+
+Decoding parameters switch with the modality of the token being generated (paper Table 11,
+`DecodingConfig`). Beam search applies only when the output is text-only; media use
+sampling or greedy decoding per modality. Optional classifier-free guidance (not in the
+paper) mixes in an unconditional context for tokens inside media blocks.
+
+Batches are left-padded; positions come from the attention mask, so each row decodes
+exactly as it would alone. The cache is transformers' `DynamicCache`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from mio.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("text", "image", "video", "speech")
+LENGTH_PENALTY = 1.0
+"""Beam scores are summed log-probabilities divided by generated length ** this (HF's default)."""
+
+
+class GenerationError(ValueError):
+    """Generation cannot run with these inputs or settings; the message says why."""
+
+
+@dataclass
+class ModalityDecoding:
+    """How tokens of one output modality are chosen."""
+
+    num_beams: int = 1
+    """Beams (used for text only, and only when the output is text-only)."""
+    do_sample: bool = True
+    """Sample from the filtered distribution; False = greedy (argmax)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 = off)."""
+    temperature: float = 1.0
+    """Logits are divided by this before sampling."""
+    repetition_penalty: float = 1.0
+    """CTRL-style penalty on tokens already in the sequence (prompt included), as in HF (1 = off)."""
+
+    def validate(self, name: str) -> None:
+        if self.num_beams < 1:
+            raise GenerationError(f"{name}.num_beams must be >= 1, got {self.num_beams}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise GenerationError(f"{name}.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise GenerationError(f"{name}.top_k must be >= 0, got {self.top_k}")
+        if self.temperature <= 0:
+            raise GenerationError(f"{name}.temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}")
+        if self.repetition_penalty <= 0:
+            raise GenerationError(f"{name}.repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+def _section(**kw) -> ModalityDecoding:
+    return field(default_factory=lambda: ModalityDecoding(**kw))
+
+
+@dataclass
+class DecodingConfig:
+    """Decoding settings per output modality (defaults: the paper's Table 11) and global limits."""
+
+    text: ModalityDecoding = _section(num_beams=5, do_sample=False)
+    """Text: beam search with 5 beams when the output is text-only, else greedy."""
+    image: ModalityDecoding = _section(do_sample=True, top_p=0.7)
+    """Image codes: nucleus sampling, top-p 0.7."""
+    speech: ModalityDecoding = _section(do_sample=True, top_p=0.7, repetition_penalty=1.15)
+    """Speech codes: nucleus sampling, top-p 0.7, repetition penalty 1.15."""
+    video: ModalityDecoding = _section(do_sample=True, top_p=0.7, repetition_penalty=1.15)
+    """Video frames (image blocks that directly follow an image block): top-p 0.7, rep. 1.15."""
+    max_new_tokens: int = 512
+    """Most tokens generated per reply (the stop token included)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance inside media blocks (1 = off); needs an unconditional context."""
+    content_only_speech: bool = False
+    """Allow `</spch>` right after the content block (content-only speech has no waveform)."""
+    fit_to_budget: bool = True
+    """Open a media block only when it can close within max_new_tokens (and end speech
+    content early enough for the timbre blocks), so no reply is cut mid-block."""
+
+    def validate(self) -> None:
+        for name in MODALITIES:
+            getattr(self, name).validate(name)
+        if self.max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.guidance_scale < 1.0:
+            raise GenerationError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
+
+    def section(self, modality: str) -> ModalityDecoding:
+        """The settings of one modality."""
+        return getattr(self, modality)
+
+    def override(self, **overrides) -> "DecodingConfig":
+        """A copy with `overrides` applied: global fields directly, per-modality fields
+        (temperature, top_p, ...) to all four modalities."""
+        per_modality = {f.name for f in dataclasses.fields(ModalityDecoding)}
+        top = {f.name for f in dataclasses.fields(self)} - set(MODALITIES)
+        unknown = sorted(set(overrides) - per_modality - top)
+        if unknown:
+            raise GenerationError(f"unknown decoding option {unknown[0]!r} (known: {', '.join(sorted(per_modality | top))})")
+        sections = {
+            m: dataclasses.replace(self.section(m), **{k: v for k, v in overrides.items() if k in per_modality})
+            for m in MODALITIES
+        }
+        return dataclasses.replace(self, **sections, **{k: v for k, v in overrides.items() if k in top})
+
+    @classmethod
+    def greedy(cls, **overrides) -> "DecodingConfig":
+        """Greedy decoding for every modality (no beams, no sampling, no penalties)."""
+        plain = {m: ModalityDecoding(do_sample=False) for m in MODALITIES}
+        return dataclasses.replace(cls(), **plain).override(**overrides)
+
+
+def check_modalities(output_modalities: Iterable[str] | None) -> frozenset[str]:
+    """Validate a set of output modalities; None means all of them."""
+    if output_modalities is None:
+        return frozenset(MODALITIES)
+    if isinstance(output_modalities, str):
+        output_modalities = [output_modalities]
+    chosen = frozenset(output_modalities)
+    unknown = sorted(chosen - set(MODALITIES))
+    if unknown:
+        raise GenerationError(f"unknown output modality {unknown[0]!r} (known: {', '.join(MODALITIES)})")
+    if not chosen:
+        raise GenerationError("output_modalities is empty; allow at least one of " + ", ".join(MODALITIES))
+    return chosen
+
+
+# ---------------------------------------------------------------- the modality state machine
+
+# A row's allowed next tokens are a union of these parts (speech layer l is "speech_{l}").
+TEXT, STOP, OPEN_IMAGE, IMAGE_CODE, CLOSE_IMAGE, OPEN_SPEECH, CLOSE_SPEECH = (
+    "text", "stop", "open_image", "image_code", "close_image", "open_speech", "close_speech")
+
+
+class MaskTable:
+    """Boolean vocabulary masks for sets of parts, built once per distinct set and reused."""
+
+    def __init__(self, vocab: Vocab, logits_size: int, stop_ids: Sequence[int], device: torch.device):
+        self.vocab, self.size, self.device = vocab, logits_size, device
+        self.stop_ids = list(stop_ids)
+        self._parts: dict[str, torch.Tensor] = {}
+        self._masks: dict[frozenset, torch.Tensor] = {}
+
+    def _part(self, part: str) -> torch.Tensor:
+        if part not in self._parts:
+            v, m = self.vocab, torch.zeros(self.size, dtype=torch.bool)
+            if part == TEXT:
+                # Every tokenizer id that is not media and not a stop token; rows past the
+                # tokenizer (a padded embedding) are never allowed.
+                m[: v.size] = True
+                for lo, hi in (v.image_range, v.speech_range):
+                    m[lo:hi] = False
+                m[list(v.media_special_ids) + self.stop_ids] = False
+            elif part == STOP:
+                m[self.stop_ids] = True
+            elif part == IMAGE_CODE:
+                lo, hi = v.image_range
+                m[lo:hi] = True
+            elif part.startswith("speech_"):
+                lo, hi = v.speech_layer_range(int(part.removeprefix("speech_")))
+                m[lo:hi] = True
+            else:
+                token = {OPEN_IMAGE: v.image_start, CLOSE_IMAGE: v.image_end,
+                         OPEN_SPEECH: v.speech_start, CLOSE_SPEECH: v.speech_end}[part]
+                m[token] = True
+            self._parts[part] = m.to(self.device)
+        return self._parts[part]
+
+    def mask(self, parts: frozenset) -> torch.Tensor:
+        """The [V] mask allowing exactly the tokens of `parts`."""
+        if parts not in self._masks:
+            m = torch.zeros(self.size, dtype=torch.bool, device=self.device)
+            for part in parts:
+                m |= self._part(part)
+            self._masks[parts] = m
+        return self._masks[parts]
+
+    def stack(self, parts: Sequence[frozenset]) -> torch.Tensor:
+        """[B, V] masks, one per row."""
+        return torch.stack([self.mask(p) for p in parts])
+
+
+class ModalityState:
+    """One row's position in the output grammar: text, an image block, or a speech block.
+
+    `parts()` says which tokens may come next; `advance(token)` moves on. `advance` accepts
+    any token (so it can follow unconstrained decoding too, for the per-modality decoding
+    parameters); under the constraint the tokens always follow the grammar."""
+
+    def __init__(self, vocab: Vocab, allowed: frozenset[str], max_new_tokens: int,
+                 content_only_speech: bool = False, fit_to_budget: bool = True):
+        self.vocab, self.allowed = vocab, allowed
+        self.max_new_tokens, self.content_only_speech, self.fit = max_new_tokens, content_only_speech, fit_to_budget
+        self.generated = 0
+        self.block: str | None = None  # None (text), "image" or "speech"
+        self.image_left = 0
+        self.video_block = False  # the open image block continues a run of image blocks
+        self.frames_in_run = 0  # image blocks closed back to back, up to the last token
+        self.speech_layer = 0
+        self.speech_count = 0  # codes written in the current speech layer
+        self.speech_length = 0  # length of the content block, fixed once timbre starts
+        self.blocks_done = 0
+        self._image_block = 2 + vocab.layout.tokens_per_image
+        self._layers = vocab.layout.speech_layers
+
+    @property
+    def budget(self) -> int:
+        """Tokens that may still be generated, the next one included."""
+        return self.max_new_tokens - self.generated
+
+    def _fits(self, tokens: int) -> bool:
+        return not self.fit or self.budget >= tokens
+
+    @property
+    def modality(self) -> str:
+        """Whose decoding parameters the next token uses."""
+        if self.block == "image":
+            return "video" if self.video_block else "image"
+        return self.block or "text"
+
+    @property
+    def in_media(self) -> bool:
+        return self.block is not None
+
+    def parts(self) -> frozenset:
+        """The parts of the vocabulary the next token may come from."""
+        if self.block == "image":
+            return frozenset({IMAGE_CODE if self.image_left > 0 else CLOSE_IMAGE})
+        if self.block == "speech":
+            return self._speech_parts()
+        return self._text_parts()
+
+    def _text_parts(self) -> frozenset:
+        allowed, parts = self.allowed, set()
+        image, video = "image" in allowed, "video" in allowed
+        after_image = self.frames_in_run > 0
+        if video and not image:
+            # Video only: a run needs two frames to be a video, so the first frame is opened
+            # only if two fit, and the second is forced.
+            if after_image and self.frames_in_run == 1:
+                return frozenset({OPEN_IMAGE})
+            if self._fits(self._image_block * (1 if after_image else 2)):
+                parts.add(OPEN_IMAGE)
+        elif image and (video or not after_image) and self._fits(self._image_block):
+            # Image without video: no block right after another (that would read as a video).
+            parts.add(OPEN_IMAGE)
+        if "speech" in allowed and self._fits(3 if self.content_only_speech else 2 + self._layers):
+            parts.add(OPEN_SPEECH)
+        if "text" in allowed:
+            parts.add(TEXT)
+        if "text" in allowed or self.blocks_done or not parts:
+            parts.add(STOP)
+        return frozenset(parts)
+
+    def _speech_parts(self) -> frozenset:
+        layer, count, last = self.speech_layer, self.speech_count, self._layers - 1
+        if layer == 0:
+            if count == 0:
+                return frozenset({"speech_0"})
+            parts = set()
+            # Another content code, if the timbre blocks of the longer block still fit.
+            if self._fits(1 + last * (count + 1) + 1) or (self.content_only_speech and self._fits(2)):
+                parts.add("speech_0")
+            if self._fits(last * count + 1):
+                parts.add("speech_1")
+            if self.content_only_speech:
+                parts.add(CLOSE_SPEECH)
+            return frozenset(parts or {"speech_1"})
+        if count < self.speech_length:
+            return frozenset({f"speech_{layer}"})
+        return frozenset({f"speech_{layer + 1}" if layer < last else CLOSE_SPEECH})
+
+    def advance(self, token: int) -> None:
+        """Record the generated `token`."""
+        v = self.vocab
+        self.generated += 1
+        if self.block == "image":
+            if token == v.image_end:
+                self.block, self.blocks_done, self.frames_in_run = None, self.blocks_done + 1, self.frames_in_run + 1
+            else:
+                self.image_left -= 1
+            return
+        if self.block == "speech":
+            if token == v.speech_end:
+                self.block, self.blocks_done = None, self.blocks_done + 1
+                return
+            lo, hi = v.speech_range
+            layer = (token - lo) // v.layout.speech_codebook_size if lo <= token < hi else self.speech_layer
+            if layer == self.speech_layer:
+                self.speech_count += 1
+            else:
+                if self.speech_layer == 0:
+                    self.speech_length = self.speech_count
+                self.speech_layer, self.speech_count = layer, 1
+            return
+        if token == v.image_start:
+            self.block, self.image_left = "image", v.layout.tokens_per_image
+            self.video_block = self.frames_in_run > 0 or ("video" in self.allowed and "image" not in self.allowed)
+            return
+        self.frames_in_run = 0
+        if token == v.speech_start:
+            self.block, self.speech_layer, self.speech_count, self.speech_length = "speech", 0, 0, 0
+
+
+# ---------------------------------------------------------------- batched forward with a KV cache
+
+
+class _Batch:
+    """Left-padded token rows, their attention mask and positions, and the KV cache.
+
+    Positions count only real tokens (they start at 0 after the padding), so a row's
+    logits do not depend on what else is in the batch."""
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], pad_id: int, use_cache: bool):
+        self.model, self.use_cache = model, use_cache
+        device = model.device
+        width = max(len(p) for p in prompts)
+        self.ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+        self.mask = torch.zeros_like(self.ids)
+        for i, p in enumerate(prompts):
+            self.ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long, device=device)
+            self.mask[i, width - len(p):] = 1
+        self.positions = (self.mask.cumsum(-1) - 1).clamp_min(0)
+        self.pending = width  # trailing tokens not yet in the cache
+        self.cache = DynamicCache() if use_cache else None
+
+    def logits(self) -> torch.Tensor:
+        """Next-token logits [B, V] (fp32) for the current rows."""
+        if self.use_cache:
+            out = self.model(input_ids=self.ids[:, -self.pending:], attention_mask=self.mask,
+                             position_ids=self.positions[:, -self.pending:], past_key_values=self.cache,
+                             use_cache=True, logits_to_keep=1)
+        else:
+            out = self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
+                             use_cache=False, logits_to_keep=1)
+        self.pending = 0
+        return out.logits[:, -1].float()
+
+    def append(self, tokens: torch.Tensor) -> None:
+        self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
+        self.mask = torch.cat([self.mask, torch.ones_like(tokens)[:, None]], dim=1)
+        self.positions = torch.cat([self.positions, self.positions[:, -1:] + 1], dim=1)
+        self.pending += 1
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (in that order), e.g. the surviving beams."""
+        self.ids, self.mask, self.positions = self.ids[index], self.mask[index], self.positions[index]
+        if self.cache is not None:
+            self.cache.reorder_cache(index)
+
+
+# ---------------------------------------------------------------- logits processing
+
+
+def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """HF's rule: seen tokens' positive logits are divided by the penalty, negative ones multiplied."""
+    penalty = penalty[:, None]
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen & (penalty != 1.0), penalized, logits)
+
+
+def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Per-row top-k (0 = off) and nucleus (1 = off) filtering; the best token always survives."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(logits.shape[-1], device=logits.device)
+    k = torch.where(top_k > 0, top_k, logits.shape[-1])
+    remove = ranks[None] >= k[:, None]
+    probs = sorted_logits.softmax(-1)
+    remove |= (probs.cumsum(-1) - probs) > top_p[:, None]
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def _seen_mask(prompts: Sequence[Sequence[int]], size: int, device: torch.device) -> torch.Tensor:
+    seen = torch.zeros(len(prompts), size, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        seen[i, torch.tensor(list(p), dtype=torch.long, device=device)] = True
+    return seen
+
+
+# ---------------------------------------------------------------- entry points
+
+
+@dataclass
+class GenerationRequest:
+    """Everything the engine needs besides the model: prompts and how to decode them."""
+
+    prompts: list[list[int]]
+    output_modalities: frozenset[str] = frozenset(MODALITIES)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    stop_ids: tuple[int, ...] = ()
+    """Tokens that end a reply (not returned). Empty: always run max_new_tokens."""
+    uncond_prompts: list[list[int]] | None = None
+    """Unconditional contexts for classifier-free guidance (one per prompt)."""
+    seed: int | None = None
+    max_context: int | None = None
+    """Longest sequence (prompt + reply) the model takes; None: its max_position_embeddings."""
+    constrain: bool = True
+    """Apply the modality state machine (False only for measurements and tests)."""
+    use_cache: bool = True
+    """Decode with the KV cache (False recomputes the whole sequence every step)."""
+
+
+def _budgets(model, request: GenerationRequest) -> list[int]:
+    """Per-row max_new_tokens after the context limit; raises when a prompt does not fit."""
+    if not request.prompts:
+        raise GenerationError("no prompts to generate from")
+    context = request.max_context or model.config.max_position_embeddings
+    rows = [request.prompts] + ([request.uncond_prompts] if request.uncond_prompts else [])
+    longest = [max(len(a), len(b)) for a, b in zip(*rows)] if len(rows) == 2 else [len(p) for p in rows[0]]
+    budgets = []
+    for i, n in enumerate(longest):
+        if not request.prompts[i]:
+            raise GenerationError(f"prompt {i} is empty")
+        if n >= context:
+            raise GenerationError(f"prompt {i} is {n} tokens long; the model's context is {context} tokens, "
+                                  "which leaves no room to generate")
+        budget = min(request.decoding.max_new_tokens, context - n)
+        if budget < request.decoding.max_new_tokens:
+            log.warning("prompt %d: %d tokens + max_new_tokens %d exceed the context of %d; generating at most %d",
+                        i, n, request.decoding.max_new_tokens, context, budget)
+        budgets.append(budget)
+    return budgets
+
+
+def _validate(request: GenerationRequest) -> None:
+    request.decoding.validate()
+    if request.uncond_prompts is not None and len(request.uncond_prompts) != len(request.prompts):
+        raise GenerationError(f"{len(request.uncond_prompts)} unconditional prompts for {len(request.prompts)} prompts")
+    if request.decoding.guidance_scale > 1.0 and request.uncond_prompts is None:
+        raise GenerationError("guidance_scale > 1 needs unconditional prompts (uncond_prompts)")
+
+
+def uses_beam_search(request: GenerationRequest) -> bool:
+    """Beam search runs only for text-only output with more than one text beam."""
+    return request.output_modalities == frozenset({"text"}) and request.decoding.text.num_beams > 1
+
+
+def generate(model, vocab: Vocab, request: GenerationRequest) -> list[list[int]]:
+    """Generate a reply for every prompt; returns the new ids of each (stop token excluded)."""
+    _validate(request)
+    if uses_beam_search(request):
+        return _beam_search(model, vocab, request)
+    replies: list[list[int]] = [[] for _ in request.prompts]
+    for step in stream(model, vocab, request):
+        for row, token in enumerate(step):
+            if token is not None:
+                replies[row].append(token)
+    return replies
+
+
+@torch.inference_mode()
+def stream(model, vocab: Vocab, request: GenerationRequest) -> Iterator[list[int | None]]:
+    """Decode step by step (sampling or greedy per modality, never beams); yields each step's
+    new token per row, None for rows that have finished. Stop tokens are not yielded."""
+    _validate(request)
+    cfg, n = request.decoding, len(request.prompts)
+    budgets = _budgets(model, request)
+    guided = cfg.guidance_scale > 1.0
+    device = model.device
+    batch = _Batch(model, request.prompts + (request.uncond_prompts if guided else []), vocab.pad_id, request.use_cache)
+    size = model.get_output_embeddings().weight.shape[0]
+    table = MaskTable(vocab, size, request.stop_ids, device)
+    states = [ModalityState(vocab, request.output_modalities, b, cfg.content_only_speech, cfg.fit_to_budget)
+              for b in budgets]
+    seen = _seen_mask(request.prompts, size, device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(request.seed if request.seed is not None else torch.seed())
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+
+    for _ in range(max(budgets)):
+        logits = batch.logits()
+        in_media = torch.tensor([s.in_media for s in states], device=device)
+        if guided:
+            cond, uncond = logits[:n].log_softmax(-1), logits[n:].log_softmax(-1)
+            logits = torch.where(in_media[:, None], uncond + cfg.guidance_scale * (cond - uncond), logits[:n])
+        sections = [cfg.section(s.modality) for s in states]
+        logits = _apply_repetition_penalty(
+            logits, seen, torch.tensor([c.repetition_penalty for c in sections], device=device))
+        if request.constrain:
+            allowed = table.stack([s.parts() for s in states])
+            done |= ~allowed.any(-1)  # nothing may follow (e.g. no stop tokens given): the row ends
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        tokens = logits.argmax(-1)
+        sample = torch.tensor([c.do_sample for c in sections], device=device) & ~done
+        if sample.any():
+            logits = logits / torch.tensor([c.temperature for c in sections], device=device)[:, None]
+            logits = _filter_top_k_top_p(logits, torch.tensor([c.top_k for c in sections], device=device),
+                                         torch.tensor([c.top_p for c in sections], device=device))
+            # Finished rows may have no finite logit; they draw a dummy token from a uniform row.
+            probs = logits.masked_fill(done[:, None], 0.0).softmax(-1)
+            drawn = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            tokens = torch.where(sample, drawn, tokens)
+        tokens = torch.where(done, vocab.pad_id, tokens)
+        out: list[int | None] = []
+        for row, token in enumerate(tokens.tolist()):
+            if done[row]:
+                out.append(None)
+                continue
+            states[row].advance(token)
+            seen[row, token] = True
+            if token in request.stop_ids:
+                done[row] = True
+                out.append(None)
+            else:
+                out.append(token)
+                if states[row].budget <= 0:
+                    done[row] = True
+        yield out
+        if bool(done.all()):
+            return
+        batch.append(torch.cat([tokens, tokens]) if guided else tokens)
+
+
+@torch.inference_mode()
+def _beam_search(model, vocab: Vocab, request: GenerationRequest) -> list[list[int]]:
+    """Text-only beam search (no sampling) with a KV cache, `num_beams` rows per prompt."""
+    cfg = request.decoding.text
+    k, n = cfg.num_beams, len(request.prompts)
+    budgets = _budgets(model, request)
+    device = model.device
+    prompts = [p for p in request.prompts for _ in range(k)]
+    batch = _Batch(model, prompts, vocab.pad_id, request.use_cache)
+    size = model.get_output_embeddings().weight.shape[0]
+    text_only = MaskTable(vocab, size, request.stop_ids, device).mask(frozenset({TEXT, STOP}))
+    seen = _seen_mask(prompts, size, device)
+    penalty = torch.full((n * k,), cfg.repetition_penalty, device=device)
+    scores = torch.zeros(n, k, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+    beams: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(n)]
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
+    done = [False] * n
+
+    for step in range(max(budgets)):
+        logits = _apply_repetition_penalty(batch.logits(), seen, penalty)
+        if request.constrain:
+            logits = logits.masked_fill(~text_only, float("-inf"))
+        logp = logits.log_softmax(-1).view(n, k, size) + scores[:, :, None]
+        top_scores, top_index = logp.view(n, k * size).topk(2 * k, dim=-1)
+        top_scores, top_index = top_scores.tolist(), top_index.tolist()
+        source, tokens, new_scores = [], [], []
+        for row in range(n):
+            alive: list[tuple[float, int, int]] = []
+            if not done[row]:
+                for rank, (score, index) in enumerate(zip(top_scores[row], top_index[row])):
+                    beam, token = divmod(index, size)
+                    if score == float("-inf"):
+                        break
+                    if token in request.stop_ids:
+                        if rank < k:  # a stop only counts if it is among the k best candidates
+                            finished[row].append((score / (step + 1) ** LENGTH_PENALTY, beams[row][beam]))
+                    else:
+                        alive.append((score, beam, token))
+                    if len(alive) == k:
+                        break
+                done[row] = _beam_row_done(finished[row], alive, k, step + 1, budgets[row])
+                if done[row]:
+                    finished[row] += [(s / (step + 1) ** LENGTH_PENALTY, beams[row][b] + [t]) for s, b, t in alive]
+            alive += [(float("-inf"), 0, vocab.pad_id)] * (k - len(alive))  # placeholders keep k rows
+            beams[row] = [beams[row][b] + [t] for _, b, t in alive]
+            source += [row * k + b for _, b, _ in alive]
+            tokens += [t for _, _, t in alive]
+            new_scores.append([s for s, _, _ in alive])
+        if all(done):
+            break
+        index = torch.tensor(source, device=device)
+        token_tensor = torch.tensor(tokens, device=device)
+        batch.reorder(index)
+        seen = seen[index]
+        seen[torch.arange(n * k, device=device), token_tensor] = True
+        scores = torch.tensor(new_scores, device=device)
+        batch.append(token_tensor)
+    return [max(f, key=lambda hyp: hyp[0])[1] if f else [] for f in finished]
+
+
+def _beam_row_done(finished: list, alive: list, k: int, length: int, budget: int) -> bool:
+    """A prompt is done at its token budget, when nothing is alive, or (HF's heuristic)
+    when it has k finished hypotheses and the best live beam cannot beat the worst."""
+    if length >= budget or not alive:
+        return True
+    if len(finished) < k:
+        return False
+    return max(s for s, _, _ in alive) / length ** LENGTH_PENALTY <= min(s for s, _ in finished)
