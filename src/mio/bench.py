@@ -18,7 +18,8 @@ exactly the packed batch; a larger B for it would run out of the memory packing 
 Useful tokens are the non-padding tokens a step actually processes; throughput is useful
 tokens per second of training (forward with `token_losses`, mean loss over the non-ignored
 tokens, backward, gradient clipping, AdamW step). Batches are built before timing, so only
-training is timed; a few warmup steps per method are run first and not timed. CPU threads
+training is timed; the two methods take turns step by step (so a shared machine's changing
+load hits both alike), and a few warmup steps of each are run first and not timed. CPU threads
 are torch's default (set OMP_NUM_THREADS to change them; on a CPU shared with other jobs,
 fewer threads than cores avoids OpenMP oversubscription, which can slow small models ~10x).
 
@@ -75,8 +76,8 @@ class Preset:
 
 
 PRESETS = {
-    # 11.6M parameters (a 4096-token text BPE plus MIO's 12292 media rows); about a minute
-    # for both methods on an idle 2-core CPU.
+    # 11.6M parameters (a 4096-token text BPE plus MIO's 12292 media rows); 1-2 minutes
+    # on a shared 2-core CPU.
     "small": Preset(
         ModelConfig(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=688),
         vocab_size=4096 + 12292,
@@ -126,9 +127,9 @@ def synthetic_corpus(seed: int, vocab_size: int) -> Iterator[Encoded]:
 class Measurement:
     """Timed steps of one method."""
 
-    useful_tokens: int
-    pad_tokens: int
-    seconds: float
+    useful_tokens: int = 0
+    pad_tokens: int = 0
+    seconds: float = 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -144,28 +145,41 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_steps(preset: Preset, batches: list[PackedBatch], warmup_steps: int, device: torch.device) -> Measurement:
-    """Train a fresh model on `batches`; the first `warmup_steps` are run but not timed."""
-    model = build_model(preset.model, preset.vocab_size).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
-    useful = pad = 0
-    start = 0.0
-    for step, batch in enumerate(batches):
-        if step == warmup_steps:
-            _synchronize(device)
-            start = time.perf_counter()
-        batch = batch.to(device)
-        losses = token_losses(model, batch)
-        count = (batch.labels != IGNORE).sum().clamp(min=1)
-        (losses.sum() / count).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= warmup_steps:
-            useful += batch.num_tokens - batch.num_pad
-            pad += batch.num_pad
+def train_step(model, optimizer: torch.optim.Optimizer, batch: PackedBatch, device: torch.device) -> float:
+    """One optimizer step on `batch`; returns its wall-clock seconds."""
     _synchronize(device)
-    return Measurement(useful, pad, time.perf_counter() - start)
+    start = time.perf_counter()
+    batch = batch.to(device)
+    losses = token_losses(model, batch)
+    count = (batch.labels != IGNORE).sum().clamp(min=1)
+    (losses.sum() / count).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(preset: Preset, methods: dict[str, list[PackedBatch]], warmup_steps: int, device: torch.device) -> dict[str, Measurement]:
+    """Train one fresh, identically initialised model per method on its batches.
+
+    The methods take turns step by step, so load from other jobs on a shared machine falls
+    on both alike; the first `warmup_steps` steps of each are run but not timed."""
+    trainers = {}
+    for name in methods:
+        model = build_model(preset.model, preset.vocab_size).to(device).train()
+        trainers[name] = (model, torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1))
+    results = {name: Measurement() for name in methods}
+    steps = min(len(batches) for batches in methods.values())
+    for step in range(steps):
+        for name, batches in methods.items():
+            seconds = train_step(*trainers[name], batches[step], device)
+            if step >= warmup_steps:
+                m = results[name]
+                m.useful_tokens += batches[step].num_tokens - batches[step].num_pad
+                m.pad_tokens += batches[step].num_pad
+                m.seconds += seconds
+    return results
 
 
 def describe_model(preset: Preset, context_length: int) -> str:
@@ -213,10 +227,7 @@ def run(args: argparse.Namespace) -> int:
         "%s on %s (%d CPU threads): %d timed steps (+%d warmup) per method, %d rows per batch",
         model, device, torch.get_num_threads(), steps, preset.warmup_steps, batch_size,
     )
-    results = {}
-    for name, batches in (("packed", packed), ("padded", padded)):
-        results[name] = m = train_steps(preset, batches, preset.warmup_steps, device)
-        log.info("%s: %d useful tokens in %.1f s", name, m.useful_tokens, m.seconds)
+    results = measure(preset, {"packed": packed, "padded": padded}, preset.warmup_steps, device)
     p, q = results["packed"], results["padded"]
     ratio = p.tokens_per_s / q.tokens_per_s
 
