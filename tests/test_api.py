@@ -1,0 +1,180 @@
+"""The Python API on a tiny run directory: loading, media in, media out, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image as PILImage
+
+from conftest import SMALL_LAYOUT
+from mio.api import MIO, save_segments
+from mio.generate import DecodingConfig
+from mio.model import ModelConfig, build_model
+from mio.segments import Image, Malformed, Message, Speech, Text, Video
+from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig
+from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
+
+GREEDY = DecodingConfig.greedy()
+
+
+def make_run_dir(directory: Path, text_tokenizer, run_json: bool = True) -> Path:
+    """A tiny untrained run directory laid out like `mio train`'s export."""
+    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                                    max_position_embeddings=1024, init_std=0.5), len(text_tokenizer))
+    model.save_pretrained(directory)
+    text_tokenizer.save_pretrained(directory)
+    EmbeddedImageTokenizer(ImageTokenizerConfig(
+        image_size=32, conv_channels=(8, 16), width=32, heads=2, encoder_layers=1, qformer_layers=1, decoder_layers=1,
+        tokens_per_image=SMALL_LAYOUT.tokens_per_image, codebook_size=SMALL_LAYOUT.image_codebook_size,
+        codebook_dim=8)).save(directory / "image_tokenizer")
+    EmbeddedSpeechTokenizer(SpeechTokenizerConfig(
+        frame_rate=25.0, codebook_size=SMALL_LAYOUT.speech_codebook_size, latent_dim=16, channels=32, blocks=1,
+        upsampled_channels=16, kmeans_iters=2, griffin_lim_iters=4)).save(directory / "speech_tokenizer")
+    if run_json:
+        config = {"layout": dataclasses.asdict(SMALL_LAYOUT), "context_length": 400}
+        (directory / "run.json").write_text(json.dumps({"config": config}))
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU run ~10x faster on one thread (no OpenMP oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, text_tokenizer) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("run"), text_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def mio(run_dir) -> MIO:
+    return MIO.from_pretrained(run_dir, device="cpu")
+
+
+def tone(rate: int, seconds: float = 0.5) -> torch.Tensor:
+    t = torch.arange(int(rate * seconds)) / rate
+    return 0.3 * torch.sin(2 * math.pi * 220 * t)
+
+
+def picture(color: str = "red") -> PILImage.Image:
+    return PILImage.new("RGB", (40, 30), color)
+
+
+def test_from_pretrained_loads_everything(mio):
+    assert mio.vocab.layout == SMALL_LAYOUT and mio.context_length == 400
+    assert mio.image_tokenizer.tokens_per_image == 8 and mio.speech_tokenizer.codebook_size == 32
+    assert mio.device == torch.device("cpu") and not mio.model.training
+
+
+def test_layout_is_inferred_without_run_json(run_dir, tmp_path):
+    bare = shutil.copytree(run_dir, tmp_path / "bare")
+    (bare / "run.json").unlink()
+    loaded = MIO.from_pretrained(bare, device="cpu")
+    assert loaded.vocab.layout == SMALL_LAYOUT and loaded.context_length == 1024
+
+
+def test_chat_with_mixed_media_returns_decoded_media(mio):
+    content = [Text("look:"), Image(image=picture()), Speech(wave=tone(22050), sample_rate=22050),
+               Video(frames=[picture("blue"), picture("green")]), "what is it?"]
+    for modality, kind in (("image", Image), ("video", Video), ("speech", Speech)):
+        reply = mio.chat([{"role": "user", "content": content}], output_modalities={modality},
+                         decoding=GREEDY, max_new_tokens=40, seed=0)
+        assert reply and all(isinstance(s, kind) for s in reply)
+        for seg in reply:
+            if isinstance(seg, Speech):
+                assert seg.codes.shape[0] == 4 and seg.wave.dim() == 1 and seg.sample_rate == 16000
+            for frame in seg.frames if isinstance(seg, Video) else [seg] if isinstance(seg, Image) else []:
+                assert frame.codes.shape == (8,) and frame.image.size == (32, 32)
+
+
+def test_voice_mode_answers_in_speech_only(mio):
+    reply = mio.chat([Message("user", "hello")], mode="voice", max_new_tokens=30, seed=1)
+    assert reply and all(isinstance(s, Speech) and s.wave is not None for s in reply)
+
+
+def test_chat_batch_equals_single_chats_when_greedy(mio):
+    chats = [[{"role": "user", "content": t}] for t in ("a red circle", "the green triangle is big", "hello")]
+    batched = mio.chat_batch(chats, decoding=GREEDY, max_new_tokens=16, batch_size=2)
+    singles = [mio.chat(c, decoding=GREEDY, max_new_tokens=16) for c in chats]
+    assert [[s.text for s in r] for r in batched] == [[s.text for s in r] for r in singles]
+
+
+def test_complete_continues_a_raw_prompt(mio):
+    reply = mio.complete("Please generate an image of ``a red circle'': ", output_modalities={"image"},
+                         max_new_tokens=10, seed=0)
+    assert len(reply) == 1 and isinstance(reply[0], Image) and reply[0].image is not None
+    batch = mio.complete_batch(["a red", [Speech(wave=tone(8000), sample_rate=8000), " Transcribe this speech:"]],
+                               decoding=GREEDY, max_new_tokens=8)
+    assert len(batch) == 2 and all(isinstance(r, list) for r in batch)
+
+
+def test_stream_chat_yields_what_chat_returns(mio):
+    messages = [{"role": "user", "content": "a red circle"}]
+    for modalities in ({"text", "image", "speech"}, {"video"}):
+        cfg = dict(output_modalities=modalities, decoding=GREEDY, max_new_tokens=60, seed=0)
+        streamed = list(mio.stream_chat(messages, **cfg))
+        whole = mio.chat(messages, **cfg)
+        text = lambda segs: "".join(s.text for s in segs if isinstance(s, Text))  # noqa: E731
+        media = lambda segs: [type(s).__name__ for s in segs if not isinstance(s, Text)]  # noqa: E731
+        assert text(streamed) == text(whole) and media(streamed) == media(whole)
+
+
+def test_guidance_runs_and_stays_well_formed(mio):
+    reply = mio.chat([{"role": "user", "content": "draw"}], output_modalities={"image"}, guidance_scale=3.0,
+                     max_new_tokens=20, seed=0)
+    assert reply and all(isinstance(s, Image) for s in reply)
+
+
+def test_cut_off_blocks_come_back_malformed_and_are_not_written(mio, tmp_path):
+    cfg = DecodingConfig.greedy(max_new_tokens=5, fit_to_budget=False)
+    reply = mio.chat([{"role": "user", "content": "draw"}], output_modalities={"image"}, decoding=cfg)
+    assert isinstance(reply[-1], Malformed)
+    assert save_segments(reply, tmp_path, "cut") == []
+
+
+def test_save_segments_names_files_predictably(mio, tmp_path):
+    reply = [Text("here: "), Image(codes=torch.arange(8)), Video(frames=[Image(codes=torch.arange(8))] * 2),
+             Speech(codes=torch.zeros(4, 5, dtype=torch.long)), Malformed("image", "block not closed")]
+    paths = save_segments(mio.detokenize(reply), tmp_path / "out", "reply_000")
+    assert [p.name for p in paths] == ["reply_000_text.txt", "reply_000_image_00.png", "reply_000_video_00.gif",
+                                       "reply_000_speech_00.wav"]
+    wave, rate = sf.read(paths[3])
+    assert rate == 16000 and len(wave) > 0 and PILImage.open(paths[1]).size == (32, 32)
+
+
+def test_media_inputs_from_paths(mio, tmp_path):
+    picture().save(tmp_path / "cat.png")
+    sf.write(tmp_path / "hi.wav", tone(44100).numpy(), 44100)
+    segments = mio.tokenize([Image(image=tmp_path / "cat.png"), Speech(wave=str(tmp_path / "hi.wav"))])
+    assert segments[0].codes.shape == (8,) and segments[1].codes.shape[0] == 4
+
+
+def test_bad_inputs_are_clear_value_errors(mio, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    user = lambda content: [{"role": "user", "content": content}]  # noqa: E731
+    cases = [
+        (dict(messages=user([Image(image=tmp_path / "missing.png")])), "image file not found"),
+        (dict(messages=user([Image(image=tmp_path / "broken.png")])), "cannot read image"),
+        (dict(messages=user([Speech(wave=tmp_path / "missing.wav")])), "audio file not found"),
+        (dict(messages=user([Speech(wave=torch.zeros(100), sample_rate=16000)])), "silent audio"),
+        (dict(messages=[]), "at least one message"),
+        (dict(messages=user("hi"), mode="shout"), "unknown chat mode 'shout'"),
+        (dict(messages=user("hi"), max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(messages=user("hi"), output_modalities={"smell"}), "unknown output modality 'smell'"),
+        (dict(messages=user("red " * 500)), r"tokens long; the model's context is 400 tokens"),
+        (dict(messages=[{"role": "assistant", "content": "hi"}]), "last message must be the user's"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            mio.chat(**kwargs)
