@@ -68,6 +68,10 @@ class SpeechTrainConfig:
     """Weight of the log-mel L1 loss beside the log-magnitude L1 loss."""
     ctc_weight: float = 0.5
     """Weight of the layer-1 CTC content loss."""
+    speaker_adversary_weight: float = 0.0
+    """Weight of a per-frame speaker classifier on layer 1 behind gradient reversal, which
+    pushes the voice out of layer 1 (0: off). Not in the paper: SpeechTokenizer gets its
+    content layer from HuBERT distillation, which CTC alone does not fully replace."""
     train_utterances: int = 2000
     """Training utterances synthesized at the start."""
     train_voices: int = 64
@@ -147,7 +151,41 @@ def _masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return ((pred - target).abs() * weights).sum() / weights.sum()
 
 
-def training_losses(codec: SpeechCodec, utts: Utterances, idx: list[int], cfg: SpeechTrainConfig) -> dict:
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward, negated gradient backward (Ganin & Lempitsky, 2015)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+class SpeakerAdversary(torch.nn.Module):
+    """Classifies the speaker of every layer-1 frame; trained through gradient reversal, its
+    loss makes the encoder remove the voice from layer 1. Used in training only."""
+
+    def __init__(self, dim: int, n_speakers: int, hidden: int = 128):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, n_speakers))
+
+    def forward(self, content: torch.Tensor, speakers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over valid frames of content [B, T, D] against speakers [B]."""
+        logits = self.net(_ReverseGradient.apply(content))
+        targets = speakers[:, None].expand(mask.shape)
+        return F.cross_entropy(logits[mask], targets[mask])
+
+
+def training_losses(
+    codec: SpeechCodec,
+    utts: Utterances,
+    idx: list[int],
+    cfg: SpeechTrainConfig,
+    adversary: SpeakerAdversary | None = None,
+    speaker_ids: dict[str, int] | None = None,
+) -> dict:
     """All losses of one batch; "total" is what is optimised."""
     log_mag, log_mel, spectral_mask, code_mask, code_len, labels = _batch(codec, utts, idx)
     latent = codec.encode_latent(log_mel)
@@ -155,7 +193,8 @@ def training_losses(codec: SpeechCodec, utts: Utterances, idx: list[int], cfg: S
     pred = codec.decode_log_magnitude(quantized)[..., : log_mag.shape[-1]]
     mag_loss = _masked_l1(pred, log_mag, spectral_mask)
     mel_loss = _masked_l1(codec.spec.log_mel(pred.exp()), log_mel, spectral_mask)
-    ctc_log_probs = codec.ctc_logits(codec.content(latent, codes))
+    content = codec.content(latent, codes)
+    ctc_log_probs = codec.ctc_logits(content)
     ctc_loss = F.ctc_loss(
         ctc_log_probs.transpose(0, 1),
         torch.tensor([c for lab in labels for c in lab]),
@@ -164,7 +203,12 @@ def training_losses(codec: SpeechCodec, utts: Utterances, idx: list[int], cfg: S
         zero_infinity=True,  # an utterance spoken faster than the head can spell is skipped, not fatal
     )
     total = mag_loss + cfg.mel_weight * mel_loss + cfg.ctc_weight * ctc_loss + commit
-    return {"total": total, "magnitude": mag_loss, "mel": mel_loss, "ctc": ctc_loss, "commit": commit}
+    losses = {"total": total, "magnitude": mag_loss, "mel": mel_loss, "ctc": ctc_loss, "commit": commit}
+    if adversary is not None:
+        speakers = torch.tensor([speaker_ids[utts.speakers[i]] for i in idx])
+        losses["speaker_adversary"] = adversary(content, speakers, code_mask)
+        losses["total"] = total + cfg.speaker_adversary_weight * losses["speaker_adversary"]
+    return losses
 
 
 def _lr_at(step: int, cfg: SpeechTrainConfig) -> float:
@@ -207,7 +251,13 @@ def _train(cfg: SpeechTrainConfig, out_dir: str | Path | None) -> tuple[Embedded
     codec = SpeechCodec(cfg.model)
     n_params = sum(p.numel() for p in codec.parameters())
     log.info("codec: %.2fM parameters, %g codes/s x %d layers", n_params / 1e6, cfg.model.frame_rate, cfg.model.num_layers)
-    optimizer = torch.optim.AdamW(codec.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    params = list(codec.parameters())
+    adversary, speaker_ids = None, None
+    if cfg.speaker_adversary_weight > 0:
+        speaker_ids = {v.id: i for i, v in enumerate(train_voices)}
+        adversary = SpeakerAdversary(cfg.model.latent_dim, len(train_voices))
+        params += list(adversary.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     codec.train()
     order: list[int] = []
     start = time.perf_counter()
@@ -219,10 +269,10 @@ def _train(cfg: SpeechTrainConfig, out_dir: str | Path | None) -> tuple[Embedded
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        losses = training_losses(codec, train_utts, idx, cfg)
+        losses = training_losses(codec, train_utts, idx, cfg, adversary, speaker_ids)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(codec.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + v.item()
