@@ -9,6 +9,7 @@ be the shorter one. Resampling is polyphase filtering (`scipy.signal.resample_po
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,9 @@ def prepare_wave(wave, sample_rate: int, target_rate: int, max_seconds: float) -
 
     Raises `AudioError` for empty, non-finite, silent or too-long audio. Clipped audio is
     accepted (it is still speech); its level is normalised like any other."""
-    if not isinstance(sample_rate, int) or sample_rate <= 0:
+    if not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
         raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    sample_rate = int(sample_rate)
     w = to_mono(wave)
     if w.numel() == 0:
         raise AudioError("empty audio: the waveform has no samples")
