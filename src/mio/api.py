@@ -125,7 +125,8 @@ class MIO:
         if image_tokenizer is not None and (image_tokenizer.codebook_size, image_tokenizer.tokens_per_image) != (
                 layout.image_codebook_size, layout.tokens_per_image):
             raise InputError(
-                f"image tokenizer ({image_tokenizer.codebook_size} codes, {image_tokenizer.tokens_per_image} per image) "
+                f"image tokenizer ({image_tokenizer.codebook_size} codes, "
+                f"{image_tokenizer.tokens_per_image} per image) "
                 f"does not match the layout ({layout.image_codebook_size} codes, {layout.tokens_per_image} per image)")
         if speech_tokenizer is not None and speech_tokenizer.codebook_size != layout.speech_codebook_size:
             raise InputError(f"speech tokenizer has {speech_tokenizer.codebook_size} codes per layer, "
@@ -188,15 +189,11 @@ class MIO:
 
     def _image_codes(self, segments: list[Segment]) -> None:
         """Fill in codes of all images (and video frames) that have pixels only, in one batch."""
-        images: list[Image] = []
-        for seg in segments:
-            if isinstance(seg, Video) and not seg.frames:
-                raise InputError("a video has no frames")
-            for image in seg.frames if isinstance(seg, Video) else [seg] if isinstance(seg, Image) else []:
-                if image.codes is None:
-                    if not isinstance(image.image, PILImage.Image):
-                        raise InputError("an Image needs a PIL image, a path or codes")
-                    images.append(image)
+        if any(isinstance(s, Video) and not s.frames for s in segments):
+            raise InputError("a video has no frames")
+        images = [i for i in _images_in(segments) if i.codes is None]
+        if any(not isinstance(i.image, PILImage.Image) for i in images):
+            raise InputError("an Image needs a PIL image, a path or codes")
         if not images:
             return
         if self.image_tokenizer is None:
@@ -345,8 +342,7 @@ class MIO:
     def detokenize(self, segments: list[Segment]) -> list[Segment]:
         """Add PIL images to image codes (one batch) and waveforms to speech codes, in place.
         Media stay codes-only when the run has no tokenizer for them."""
-        images = [i for s in segments for i in (s.frames if isinstance(s, Video) else [s] if isinstance(s, Image) else [])
-                  if i.image is None and i.codes is not None]
+        images = [i for i in _images_in(segments) if i.image is None and i.codes is not None]
         if images and self.image_tokenizer is None:
             log.warning("no image tokenizer: %d generated images are returned as codes only", len(images))
         elif images:
@@ -363,6 +359,11 @@ class MIO:
             else:
                 seg.wave, seg.sample_rate = self.speech_tokenizer.decode(seg.codes)
         return segments
+
+
+def _images_in(segments: Sequence[Segment]) -> list[Image]:
+    """The images of `segments`, video frames included, in order."""
+    return [i for s in segments for i in (s.frames if isinstance(s, Video) else [s] if isinstance(s, Image) else [])]
 
 
 def _load_media_tokenizer(path: Path, names: Sequence[str], kind: str):

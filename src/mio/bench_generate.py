@@ -15,6 +15,12 @@ other work on a shared machine).
 
 The vocabulary is a small BPE plus the media rows of the preset's layout (the paper's
 12292 for `small`), so the LM head and the masks have realistic widths.
+
+On a CPU shared with other jobs, pass `--threads 1`: with more threads than free cores,
+OpenMP oversubscription makes every small op (the masks included) wait for descheduled
+threads, and the numbers measure the machine's load rather than the code.
+
+    mio bench generate --threads 1 --json bench_generate.json
 """
 
 from __future__ import annotations

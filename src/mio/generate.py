@@ -71,7 +71,8 @@ class ModalityDecoding:
         if self.top_k < 0:
             raise GenerationError(f"{name}.top_k must be >= 0, got {self.top_k}")
         if self.temperature <= 0:
-            raise GenerationError(f"{name}.temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}")
+            raise GenerationError(
+                f"{name}.temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}")
         if self.repetition_penalty <= 0:
             raise GenerationError(f"{name}.repetition_penalty must be > 0, got {self.repetition_penalty}")
 
@@ -121,7 +122,8 @@ class DecodingConfig:
         top = {f.name for f in dataclasses.fields(self)} - set(MODALITIES)
         unknown = sorted(set(overrides) - per_modality - top)
         if unknown:
-            raise GenerationError(f"unknown decoding option {unknown[0]!r} (known: {', '.join(sorted(per_modality | top))})")
+            known = ", ".join(sorted(per_modality | top))
+            raise GenerationError(f"unknown decoding option {unknown[0]!r} (known: {known})")
         sections = {
             m: dataclasses.replace(self.section(m), **{k: v for k, v in overrides.items() if k in per_modality})
             for m in MODALITIES
@@ -490,7 +492,10 @@ def stream(model, vocab: Vocab, request: GenerationRequest) -> Iterator[list[int
               for b in budgets]
     seen = _seen_mask(request.prompts, size, device)
     generator = torch.Generator(device=device)
-    generator.manual_seed(request.seed if request.seed is not None else torch.seed())
+    if request.seed is None:
+        generator.seed()  # a fresh random seed for this generator only (the global RNG is untouched)
+    else:
+        generator.manual_seed(request.seed)
     done = torch.zeros(n, dtype=torch.bool, device=device)
 
     for _ in range(max(budgets)):
