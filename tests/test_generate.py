@@ -18,6 +18,7 @@ from mio.generate import (
     GenerationError,
     GenerationRequest,
     ModalityDecoding,
+    _apply_repetition_penalty,
     _filter_top_k_top_p,
     generate,
     stream,
@@ -299,3 +300,10 @@ def test_top_k_top_p_filtering_keeps_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]))
     out = _filter_top_k_top_p(logits, torch.tensor([0, 1]), torch.tensor([0.7, 1.0]))
     assert torch.isfinite(out).tolist() == [[True, True, False, False], [True, False, False, False]]
+
+
+def test_repetition_penalty_is_per_row_and_follows_hf():
+    logits = torch.tensor([[2.0, -2.0, 1.0], [2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False], [True, True, False]])
+    out = _apply_repetition_penalty(logits, seen, [2.0, 1.0])
+    assert out.tolist() == [[1.0, -4.0, 1.0], [2.0, -2.0, 1.0]]

@@ -4,8 +4,8 @@ Both decode greedily with the same random-weight model (built in memory with
 `mio.model.build_model`; fp32), from the same left-padded prompts, for the same number of
 new tokens (no stop token, so every row generates exactly `new_tokens`), at batch sizes 1
 and 8. Throughput is generated tokens per second (rows x new tokens / seconds), the best of
-`repeats` timed runs after one untimed warmup run (the best run is the least disturbed by
-other work on a shared machine).
+`repeats` timed runs after one untimed warmup run, the measurements taking turns (the best
+run is the least disturbed by other work on a shared machine).
 
 - `engine_tokens_per_s`: `mio.generate` with the modality state machine on (all output
   modalities allowed, so its masks and bookkeeping run every step).
@@ -118,33 +118,39 @@ def hf_tokens(setup: Setup, batch_size: int) -> torch.Tensor:
     return out[:, width:].cpu()
 
 
-def _seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Best wall time of `repeats` runs after one warmup run."""
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def measure(setup: Setup) -> dict:
-    """All throughputs and the constraint overhead, as the contract's JSON object."""
+    """All throughputs and the constraint overhead, as the contract's JSON object.
+
+    Every measurement runs once untimed, then the measurements take turns `repeats` times,
+    so load from other work on the machine hits them alike; each keeps its best time."""
     device = setup.model.device
-    result: dict = {"engine_tokens_per_s": {}, "hf_generate_tokens_per_s": {}}
+    runs: dict[tuple[str, str], Callable[[], object]] = {}
     for key, b in BATCH_SIZES.items():
-        tokens = b * setup.new_tokens
-        result["engine_tokens_per_s"][key] = tokens / _seconds(lambda: engine_tokens(setup, b), setup.repeats, device)
-        result["hf_generate_tokens_per_s"][key] = tokens / _seconds(lambda: hf_tokens(setup, b), setup.repeats, device)
-    b = BATCH_SIZES["batch8"]
-    free = _seconds(lambda: engine_tokens(setup, b, constrain=False), setup.repeats, device)
-    constrained = b * setup.new_tokens / result["engine_tokens_per_s"]["batch8"]
-    result["constraint_overhead"] = constrained / free - 1.0
+        runs["engine", key] = lambda b=b: engine_tokens(setup, b)
+        runs["hf", key] = lambda b=b: hf_tokens(setup, b)
+    runs["unconstrained", "batch8"] = lambda: engine_tokens(setup, BATCH_SIZES["batch8"], constrain=False)
+    for fn in runs.values():
+        fn()
+    best = {name: float("inf") for name in runs}
+    for _ in range(setup.repeats):
+        for name, fn in runs.items():
+            best[name] = min(best[name], _timed(fn, device))
+    tokens = {key: b * setup.new_tokens for key, b in BATCH_SIZES.items()}
+    result: dict = {
+        "engine_tokens_per_s": {key: tokens[key] / best["engine", key] for key in BATCH_SIZES},
+        "hf_generate_tokens_per_s": {key: tokens[key] / best["hf", key] for key in BATCH_SIZES},
+        "constraint_overhead": best["engine", "batch8"] / best["unconstrained", "batch8"] - 1.0,
+    }
     config = setup.model.config
     result["model"] = (f"random Llama, {count_parameters(setup.model) / 1e6:.1f}M params, hidden {config.hidden_size}, "
                        f"{config.num_hidden_layers} layers, vocab {config.vocab_size}, fp32; prompts "

@@ -379,9 +379,12 @@ class _Batch:
 # ---------------------------------------------------------------- logits processing
 
 
-def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
-    """HF's rule: seen tokens' positive logits are divided by the penalty, negative ones multiplied."""
-    penalty = penalty[:, None]
+def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalties: list[float]) -> torch.Tensor:
+    """HF's rule, per row: seen tokens' positive logits are divided by the penalty, negative
+    ones multiplied."""
+    if all(p == 1.0 for p in penalties):  # the common case (text, image) costs nothing
+        return logits
+    penalty = torch.tensor(penalties, device=logits.device)[:, None]
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen & (penalty != 1.0), penalized, logits)
 
@@ -505,8 +508,7 @@ def stream(model, vocab: Vocab, request: GenerationRequest) -> Iterator[list[int
             cond, uncond = logits[:n].log_softmax(-1), logits[n:].log_softmax(-1)
             logits = torch.where(in_media[:, None], uncond + cfg.guidance_scale * (cond - uncond), logits[:n])
         sections = [cfg.section(s.modality) for s in states]
-        logits = _apply_repetition_penalty(
-            logits, seen, torch.tensor([c.repetition_penalty for c in sections], device=device))
+        logits = _apply_repetition_penalty(logits, seen, [c.repetition_penalty for c in sections])
         if request.constrain:
             allowed = table.stack([s.parts() for s in states])
             done |= ~allowed.any(-1)  # nothing may follow (e.g. no stop tokens given): the row ends
@@ -554,7 +556,7 @@ def _beam_search(model, vocab: Vocab, request: GenerationRequest) -> list[list[i
     size = model.get_output_embeddings().weight.shape[0]
     text_only = MaskTable(vocab, size, request.stop_ids, device).mask(frozenset({TEXT, STOP}))
     seen = _seen_mask(prompts, size, device)
-    penalty = torch.full((n * k,), cfg.repetition_penalty, device=device)
+    penalty = [cfg.repetition_penalty] * (n * k)
     scores = torch.zeros(n, k, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     beams: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(n)]
