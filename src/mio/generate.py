@@ -436,8 +436,9 @@ def _budgets(model, request: GenerationRequest) -> list[int]:
     if not request.prompts:
         raise GenerationError("no prompts to generate from")
     context = request.max_context or model.config.max_position_embeddings
-    rows = [request.prompts] + ([request.uncond_prompts] if request.uncond_prompts else [])
-    longest = [max(len(a), len(b)) for a, b in zip(*rows)] if len(rows) == 2 else [len(p) for p in rows[0]]
+    longest = [len(p) for p in request.prompts]
+    if request.decoding.guidance_scale > 1.0:  # the unconditional rows decode alongside and must fit too
+        longest = [max(n, len(u)) for n, u in zip(longest, request.uncond_prompts)]
     budgets = []
     for i, n in enumerate(longest):
         if not request.prompts[i]:
