@@ -1,0 +1,144 @@
+"""The embedded world's configuration and its train / held-out split.
+
+`WorldConfig` sizes every part of the corpus `mio toyworld` builds (pre-training data
+types, SFT tasks, evaluation suites) and fixes the two held-out splits that test
+generalisation:
+
+- attribute combinations: a few (colour, shape) pairs never appear in any image the model
+  is trained to *generate* (image-text pairs, interleaved documents, videos, generation and
+  editing targets); they still appear in images the model only reads (captioning, QA), so
+  the test asks the model to draw something it can name but never drew;
+- voices: eSpeak voices (`mio.toyworld.speech_synth.voice_pool`) split into training and
+  held-out ones; every test utterance is spoken by a held-out voice.
+
+Everything drawn from the world is seeded per item (`item_rng`), so an item does not
+depend on how many items came before it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from mio.toyworld.scenes import COLORS, SHAPES, Scene, SceneSampler
+from mio.toyworld.speech_synth import Voice, voice_pool
+
+# Rejection sampling gives up after this many draws (only reachable with a config that
+# holds out nearly every combination).
+MAX_DRAWS = 1000
+
+
+@dataclass
+class WorldConfig:
+    """What `mio toyworld` builds. Counts are items per data type, task or suite."""
+
+    out_dir: str = "data/toyworld"
+    """Where the corpus is written (`--out` overrides)."""
+    seed: int = 0
+    """Seed of everything drawn; the same seed gives the same corpus."""
+    image_size: int = 64
+    """Side of rendered scenes, charts and video frames, in pixels."""
+    image_text_pairs: int = 3000
+    """Pre-training image-text pairs (a scene and one of its caption phrasings)."""
+    language_docs: int = 2000
+    """Pre-training language-only documents (facts, counting, colour mixing, arithmetic, MCQ)."""
+    interleaved_docs: int = 400
+    """Pre-training image-text interleaved documents (multi-scene stories)."""
+    video_pairs: int = 400
+    """Pre-training video-text pairs (an MP4 clip and its description)."""
+    video_interleaved_docs: int = 200
+    """Pre-training video-text interleaved documents (keyframes with narration)."""
+    speech_pairs: int = 600
+    """Pre-training speech-text pairs (utterances by training voices)."""
+    sft_per_task: int = 120
+    """SFT conversations per task."""
+    sft_task_counts: dict[str, int] = field(default_factory=dict)
+    """Per-task overrides of `sft_per_task`, e.g. {image_generation = 300}."""
+    eval_per_suite: int = 40
+    """Test items per evaluation suite."""
+    heldout_combos: list[str] = field(
+        default_factory=lambda: ["red triangle", "green cross", "blue square", "yellow circle"]
+    )
+    """`colour shape` pairs never generated in training (tested in image generation)."""
+    train_voices: int = 64
+    """eSpeak voices used for training speech (the speech tokenizer's split by default)."""
+    heldout_voices: int = 12
+    """eSpeak voices kept for test speech only."""
+    voice_seed: int = 0
+    """Seed of the voice pool and its split (keep equal to the speech tokenizer's seed)."""
+    min_video_frames: int = 4
+    """Fewest states in a video clip."""
+    max_video_frames: int = 8
+    """Most states in a video clip."""
+    frame_repeat: int = 3
+    """Video frames per state in the MP4 files (so scene detection sees each state as a shot)."""
+    video_fps: float = 6.0
+    """Frame rate of the MP4 files."""
+    icl_shots: int = 3
+    """Examples before the query in multimodal in-context learning."""
+    story_steps: int = 3
+    """Pictures in a story (interleaved documents and storytelling)."""
+    workers: int = 2
+    """Processes that synthesise speech and write video files."""
+
+    def validate(self) -> None:
+        counts = ("image_text_pairs", "language_docs", "interleaved_docs", "video_pairs",
+                  "video_interleaved_docs", "speech_pairs", "sft_per_task", "eval_per_suite")
+        for name in counts:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for task, n in self.sft_task_counts.items():
+            if n < 0:
+                raise ValueError(f"sft_task_counts.{task} must be >= 0")
+        heldout_combo_set(self)  # raises on unknown colours or shapes
+        if not 2 <= self.min_video_frames <= self.max_video_frames:
+            raise ValueError("need 2 <= min_video_frames <= max_video_frames")
+        for name in ("image_size", "train_voices", "heldout_voices", "frame_repeat", "icl_shots", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.story_steps < 2:
+            raise ValueError("story_steps must be >= 2")
+        if self.video_fps <= 0:
+            raise ValueError("video_fps must be positive")
+
+    def sft_count(self, task: str) -> int:
+        """Conversations to build for `task`."""
+        return self.sft_task_counts.get(task, self.sft_per_task)
+
+
+def heldout_combo_set(cfg: WorldConfig) -> frozenset[tuple[str, str]]:
+    """The held-out (colour, shape) pairs."""
+    combos = set()
+    for text in cfg.heldout_combos:
+        parts = text.split()
+        if len(parts) != 2 or parts[0] not in COLORS or parts[1] not in SHAPES:
+            raise ValueError(f"heldout_combos: {text!r} is not `colour shape` (colours {list(COLORS)}, shapes {list(SHAPES)})")
+        combos.add((parts[0], parts[1]))
+    return frozenset(combos)
+
+
+def split_voices(cfg: WorldConfig) -> tuple[list[Voice], list[Voice]]:
+    """(training voices, held-out voices)."""
+    return voice_pool(cfg.train_voices, cfg.heldout_voices, seed=cfg.voice_seed)
+
+
+def item_rng(seed: int, *names: object) -> random.Random:
+    """The generator of one item, e.g. `item_rng(seed, "sft", "image_qa", 17)` (string
+    seeds are hashed with SHA-512, so this is stable across processes and Python runs)."""
+    return random.Random(":".join(str(n) for n in (seed, *names)))
+
+
+def uses_combo(scene: Scene, combos: frozenset[tuple[str, str]]) -> bool:
+    """Whether any object of `scene` is one of `combos`."""
+    return any((o.color, o.shape) in combos for o in scene.objects)
+
+
+def draw_scene(rng: random.Random, combos: frozenset[tuple[str, str]], heldout: bool | None,
+               min_objects: int = 1, max_objects: int = 3) -> Scene:
+    """A random scene. `heldout` False: no held-out combination (a generation target in
+    training); True: at least one (a generalisation test); None: anything."""
+    for _ in range(MAX_DRAWS):
+        scene = SceneSampler(seed=rng.randrange(2**31), min_objects=min_objects, max_objects=max_objects).sample()
+        if heldout is None or uses_combo(scene, combos) == heldout:
+            return scene
+    raise ValueError(f"no scene found with heldout={heldout} after {MAX_DRAWS} draws; check heldout_combos")
