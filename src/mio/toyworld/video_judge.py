@@ -5,7 +5,8 @@ the change from its first to its last frame is the change the clip should show
 (`change_accuracy`); beside that the judge reports whether the first and last frames are
 exactly right, the fraction of frames exactly right against the true state at the same
 relative time (`frame_exact`), and whether every step between consecutive frames is at
-most one edit (`consistency`: objects do not flicker, jump or morph). `validate` measures
+most one edit between non-empty frames (`consistency`: objects do not flicker, jump or
+morph, and do not vanish altogether). `validate` measures
 the judge on ground-truth clips written to MP4 and read back.
 """
 
@@ -36,7 +37,7 @@ def judge_clip(clip: Clip, frames: Sequence[Image.Image]) -> dict[str, float]:
     read = read_states(frames)
     truth = [s.key() for s in clip.states]
     aligned = [truth[i] for i in _aligned_indices(len(truth), len(read))]
-    steps = [scene_change(a, b).kind != OTHER for a, b in zip(read, read[1:])]
+    steps = [bool(a) and bool(b) and scene_change(a, b).kind != OTHER for a, b in zip(read, read[1:])]
     return {
         "change_correct": float(scene_change(read[0], read[-1]) == clip.change),
         "first_exact": float(read[0] == truth[0]),

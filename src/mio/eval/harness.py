@@ -1,0 +1,153 @@
+"""`mio eval --model DIR`: score a checkpoint on the evaluation suites.
+
+    mio eval --model runs/sft --world data/toyworld --limit 20 --json metrics.json
+
+Runs the suites (`mio.eval.suites`; all by default, or those named by `--suite`) on the
+test items of a built world and writes, in `--out` (default `DIR/eval`):
+
+- `metrics.json`: `{"suites": {SUITE: {METRIC: value, ..., "n": count}}, "model": DIR,
+  "base": bool, "skipped": {SUITE: reason}, "seconds": {SUITE: s}}` (also to `--json PATH`);
+- `metrics.md`: the same as a Markdown table;
+- `replies/<suite>.jsonl` (every reply's text) and `replies/<suite>/` (the first
+  `--samples` replies' pictures, videos and audio).
+
+A checkpoint is a base model (asked with the pre-training templates) when `--base` is given
+or its run.json names a stage other than SFT; otherwise it is asked with the SFT prompts.
+Suites that cannot run (no Whisper judge for speech output; no pre-training template for a
+base model) are listed under `skipped` with the reason, never scored with a stand-in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+WORLD_FILE = "world.json"
+SFT_STAGE = "sft"
+DEFAULT_WORLD = "data/toyworld"
+DEFAULT_IMAGE_SIZE = 64
+
+
+def is_base(model_dir: str | Path) -> bool:
+    """Whether a run directory holds a base (pre-trained, not SFT) checkpoint: its run.json
+    names a stage, and the stage is not SFT. Without a stage (e.g. a released instruct
+    checkpoint) it is taken as instruction-tuned."""
+    run_file = Path(model_dir) / RUN_FILE
+    if not run_file.is_file():
+        return False
+    stage = json.loads(run_file.read_text()).get("stage")
+    return stage is not None and SFT_STAGE not in str(stage).lower()
+
+
+def world_image_size(world: Path) -> int:
+    """The side of the world's images (video frames are read back at this size)."""
+    path = world / WORLD_FILE
+    if not path.is_file():
+        return DEFAULT_IMAGE_SIZE
+    return int(json.loads(path.read_text()).get("config", {}).get("image_size", DEFAULT_IMAGE_SIZE))
+
+
+def evaluate(model, model_name: str, world: str | Path, suites: list[str] | None = None, limit: int | None = None,
+             base: bool = False, batch_size: int = 8, seed: int = 0, decoding=None) -> tuple[dict, Runner]:
+    """Run suites on a loaded model; returns the metrics object and the runner (its replies)."""
+    world = Path(world)
+    names = suites or list(SUITES)
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
+    runner = Runner(model, base=base, batch_size=batch_size, seed=seed, decoding=decoding)
+    image_size = world_image_size(world)
+    result = {"suites": {}, "model": model_name, "base": base, "skipped": {}, "seconds": {}}
+    for name in names:
+        started = time.monotonic()
+        try:
+            result["suites"][name] = run_suite(name, runner, world, limit, image_size)
+        except SuiteSkipped as e:
+            result["skipped"][name] = str(e)
+            log.warning("%s: skipped: %s", name, e)
+            continue
+        result["seconds"][name] = round(time.monotonic() - started, 2)
+        log.info("%s (%.1fs): %s", name, result["seconds"][name], _format_scores(result["suites"][name]))
+    return result, runner
+
+
+def _format_value(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _format_scores(scores: dict) -> str:
+    return ", ".join(f"{k} {_format_value(v)}" for k, v in scores.items() if k != "n")
+
+
+def markdown_table(result: dict) -> str:
+    """The metrics as a Markdown table (one row per suite), skipped suites after it."""
+    lines = [f"Evaluation of `{result['model']}` ({'base' if result['base'] else 'instruction-tuned'})", "",
+             "| suite | n | metrics |", "|---|---|---|"]
+    for name, scores in result["suites"].items():
+        lines.append(f"| {name} | {scores['n']} | {_format_scores(scores)} |")
+    if result["skipped"]:
+        lines += ["", "Skipped:", ""] + [f"- {name}: {reason}" for name, reason in result["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: dict, runner: Runner, out: Path, samples: int, json_path: str | None = None) -> None:
+    """metrics.json, metrics.md, reply texts and the first `samples` replies' media."""
+    from mio.api import save_segments
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=1)
+    (out / "metrics.json").write_text(text)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(text)
+    (out / "metrics.md").write_text(markdown_table(result))
+    replies_dir = out / "replies"
+    for suite, records in runner.replies.items():
+        safe = suite.replace("/", "-")
+        replies_dir.mkdir(exist_ok=True)
+        with open(replies_dir / f"{safe}.jsonl", "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps({"id": record["id"], "text": record["text"]}) + "\n")
+        for record in records[:samples]:
+            save_segments(record["segments"], replies_dir / safe, prefix=record["id"])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="run directory of the checkpoint")
+    parser.add_argument("--world", default=DEFAULT_WORLD, help=f"a world built by `mio toyworld` (default {DEFAULT_WORLD})")
+    parser.add_argument("--suite", nargs="+", choices=list(SUITES), metavar="NAME",
+                        help="suites to run (default: all): " + ", ".join(SUITES))
+    parser.add_argument("--json", help="also write metrics.json here")
+    parser.add_argument("--out", help="output directory (default: MODEL/eval)")
+    parser.add_argument("--limit", type=int, help="at most this many items per suite")
+    parser.add_argument("--base", action="store_true", help="treat as a base checkpoint (pre-training templates)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (replies are reproducible)")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding for every modality instead of Table 11's")
+    parser.add_argument("--samples", type=int, default=4, help="replies per suite whose media are written")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mio.api import MIO
+    from mio.generate import DecodingConfig
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be >= 1")
+    model = MIO.from_pretrained(args.model, device=args.device)
+    base = args.base or is_base(args.model)
+    log.info("evaluating %s as %s checkpoint", args.model, "a base" if base else "an instruction-tuned")
+    result, runner = evaluate(model, args.model, args.world, args.suite, args.limit, base, args.batch_size, args.seed,
+                              DecodingConfig.greedy() if args.greedy else None)
+    out = Path(args.out) if args.out else Path(args.model) / "eval"
+    write_outputs(result, runner, out, args.samples, args.json)
+    log.info("wrote %s and %s", out / "metrics.json", out / "metrics.md")
+    return 0

@@ -1,0 +1,465 @@
+"""The evaluation suites: one per ability, each scored by the paper's metric and the
+toyworld's independent judges.
+
+A suite reads its test items from a built world (`DIR/eval/<suite>.jsonl`, SFT manifest
+schema, and `<suite>.truth.jsonl`), asks the model in batches through `mio.api.MIO`
+(`chat_batch` with the task's SFT prompt for instruction-tuned checkpoints,
+`complete_batch` with the pre-training template for base ones) and scores the replies:
+
+| suite | metrics |
+|---|---|
+| text_mcq | MCQ accuracy |
+| image_captioning, video_captioning | CIDEr, attribute accuracy (video: change accuracy) |
+| image_qa, chart, video_understanding, speech_understanding, mcot | VQA accuracy |
+| image_generation, image_editing | judge exact rate, object recall, SSIM to the true render |
+| asr | WER (Whisper normalisation) |
+| tts, speech_generation, speech_to_speech | Whisper judge WER on generated audio beside its WER on the reference audio |
+| video_generation | video judge (change accuracy, frames) |
+| storytelling | judge exact rate per picture, consistency between pictures |
+| covt | accuracy with vs without the intermediate picture |
+| icl | accuracy k-shot vs 0-shot |
+
+Decoding uses the model's defaults (the paper's Table 11) unless the runner is given a
+`DecodingConfig`. Suites that speak are skipped (`SuiteSkipped`) without the Whisper judge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image as PILImage
+
+from mio.data.encode import EncodeConfig
+from mio.data.manifest import MediaRef, read_manifest
+from mio.eval import metrics, speech_judge
+from mio.eval.prompts import ANSWER_MARKER, BASE_TEMPLATES, ICL_ANSWER, base_prompt
+from mio.segments import Image, Message, Segment, Speech, Text, Video
+from mio.toyworld import image_judge, video_judge
+from mio.toyworld.scenes import render
+from mio.toyworld.tasks import clip_from_json, scene_from_json
+from mio.toyworld.videos import narrate, scene_change
+
+log = logging.getLogger(__name__)
+
+# Reply budgets (tokens) beyond the media blocks themselves.
+SHORT_ANSWER_TOKENS = 16
+CAPTION_TOKENS = 64
+DESCRIPTION_TOKENS = 96
+REASONING_TOKENS = 128
+STORY_SENTENCE_TOKENS = 40
+BLOCK_OVERHEAD = 4
+"""Block delimiters and the stop token."""
+MAX_SPEECH_SECONDS = 6.0
+"""Longest spoken reply asked for (every toyworld utterance is shorter)."""
+DEFAULT_SPEECH_FRAME_RATE = 50.0
+ICL_MARKER = ICL_ANSWER.split("{")[0].strip()
+
+
+class SuiteSkipped(RuntimeError):
+    """A suite cannot run here (no judge, or not meaningful for this checkpoint); the
+    message says why."""
+
+
+@dataclass
+class EvalItem:
+    """One test item: the prompt (raw media, reference reply removed) and its truth."""
+
+    id: str
+    mode: str
+    prompt: list[Message]
+    truth: dict
+
+    @property
+    def user_content(self) -> list[Segment]:
+        """The segments of the last user turn."""
+        return self.prompt[-1].segments
+
+
+def _load_media(ref: MediaRef, image_size: int) -> Segment:
+    if ref.kind == "image":
+        with PILImage.open(ref.paths[0]) as im:
+            return Image(image=im.convert("RGB"))
+    if ref.kind == "speech":
+        from mio.tokenizers.audio import load_audio
+
+        wave, rate = load_audio(ref.paths[0])
+        return Speech(wave=wave, sample_rate=rate)
+    from mio.tokenizers.video import read_video, select_frames
+
+    # The frames SFT saw: `mio prepare` picks max_video_frames evenly for chat videos.
+    frames = select_frames(read_video(ref.paths[0]), EncodeConfig().max_video_frames, image_size)
+    return Video(frames=[Image(image=f) for f in frames])
+
+
+def load_items(world: Path, suite: str, limit: int | None = None, image_size: int = 64) -> list[EvalItem]:
+    """The first `limit` test items of a suite, media loaded."""
+    manifest, truth_file = world / "eval" / f"{suite}.jsonl", world / "eval" / f"{suite}.truth.jsonl"
+    if not manifest.is_file() or not truth_file.is_file():
+        raise FileNotFoundError(f"no test items for suite {suite!r} in {world} (build the world with `mio toyworld`)")
+    truths = [json.loads(line) for line in truth_file.read_text().splitlines() if line.strip()]
+    items = []
+    for record, truth in zip(read_manifest(manifest), truths):
+        if limit is not None and len(items) >= limit:
+            break
+        messages = [Message(role, content if isinstance(content, str) else
+                            [Text(p) if isinstance(p, str) else _load_media(p, image_size) for p in content])
+                    for role, content in record.messages]
+        if messages[-1].role == "assistant":
+            messages = messages[:-1]
+        items.append(EvalItem(truth["id"], record.mode, messages, truth))
+    return items
+
+
+@dataclass
+class Runner:
+    """Asks a model (`mio.api.MIO` or anything with its interface) and keeps its replies."""
+
+    model: object
+    base: bool = False
+    """A base checkpoint: prompt with pre-training templates by continuation."""
+    batch_size: int = 8
+    seed: int = 0
+    decoding: object = None
+    """A `mio.generate.DecodingConfig`; None: the model's defaults (Table 11)."""
+    replies: dict[str, list[dict]] = field(default_factory=dict)
+    """Suite -> one record per item (id, text, the reply's segments)."""
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.model.vocab.layout.tokens_per_image
+
+    def image_tokens(self, images: int = 1) -> int:
+        """Budget for `images` image blocks."""
+        return images * (self.tokens_per_image + 2) + BLOCK_OVERHEAD
+
+    def speech_tokens(self) -> int:
+        """Budget for one spoken reply of up to MAX_SPEECH_SECONDS (all layers)."""
+        tokenizer = getattr(self.model, "speech_tokenizer", None)
+        rate = getattr(tokenizer, "frame_rate", None) or DEFAULT_SPEECH_FRAME_RATE
+        return int(MAX_SPEECH_SECONDS * rate) * self.model.vocab.layout.speech_layers + BLOCK_OVERHEAD
+
+    def chat(self, suite: str, items: Sequence[EvalItem], prompts: Sequence[list[Message]] | None = None,
+             output_modalities=None, max_new_tokens: int = SHORT_ANSWER_TOKENS) -> list[list[Segment]]:
+        """Replies to the items' prompts (or to `prompts`), grouped by chat mode."""
+        prompts = list(prompts) if prompts is not None else [i.prompt for i in items]
+        replies: list[list[Segment] | None] = [None] * len(items)
+        for mode in sorted({i.mode for i in items}):
+            index = [k for k, i in enumerate(items) if i.mode == mode]
+            out = self.model.chat_batch([prompts[k] for k in index], mode=mode, output_modalities=output_modalities,
+                                        decoding=self.decoding, seed=self.seed, batch_size=self.batch_size,
+                                        max_new_tokens=max_new_tokens)
+            for k, reply in zip(index, out):
+                replies[k] = reply
+        self._keep(suite, items, replies)
+        return replies
+
+    def complete(self, suite: str, items: Sequence[EvalItem], prompts: Sequence[list[Segment]],
+                 output_modalities=None, max_new_tokens: int = SHORT_ANSWER_TOKENS) -> list[list[Segment]]:
+        """Continuations of raw prompts (base checkpoints)."""
+        replies = self.model.complete_batch(list(prompts), output_modalities=output_modalities, decoding=self.decoding,
+                                            seed=self.seed, batch_size=self.batch_size, max_new_tokens=max_new_tokens)
+        self._keep(suite, items, replies)
+        return replies
+
+    def _keep(self, suite: str, items: Sequence[EvalItem], replies) -> None:
+        kept = self.replies.setdefault(suite, [])
+        kept += [{"id": i.id, "text": text_of(r), "segments": r} for i, r in zip(items, replies)]
+
+
+# ---- reading replies ----
+
+def text_of(reply: Sequence[Segment]) -> str:
+    """The reply's text."""
+    return "".join(s.text for s in reply if isinstance(s, Text)).strip()
+
+
+def images_of(reply: Sequence[Segment]) -> list[PILImage.Image]:
+    """The reply's decoded pictures in order, video frames included."""
+    pictures = []
+    for s in reply:
+        if isinstance(s, Image) and s.image is not None:
+            pictures.append(s.image)
+        elif isinstance(s, Video):
+            pictures += [f.image for f in s.frames if f.image is not None]
+    return pictures
+
+
+def text_after_images(reply: Sequence[Segment]) -> str:
+    """The text after the reply's last picture (all the text when there is none)."""
+    last = max((k for k, s in enumerate(reply) if isinstance(s, (Image, Video))), default=-1)
+    return text_of(reply[last + 1:])
+
+
+def speech_of(reply: Sequence[Segment]) -> Speech | None:
+    """The reply's first decoded utterance."""
+    return next((s for s in reply if isinstance(s, Speech) and s.wave is not None), None)
+
+
+def _first(content: Sequence[Segment], kind: type) -> Segment:
+    return next(s for s in content if isinstance(s, kind))
+
+
+def _needs_instruct(r: Runner, suite: str) -> None:
+    if r.base:
+        raise SuiteSkipped(f"{suite} has no pre-training template; it needs an instruction-tuned checkpoint")
+
+
+def _needs_judge() -> None:
+    if not speech_judge.available():
+        raise SuiteSkipped(speech_judge.UNAVAILABLE_HINT)
+
+
+# ---- suites ----
+
+def text_mcq(r: Runner, items: list[EvalItem]) -> dict:
+    if r.base:
+        replies = r.complete("text_mcq", items, [[Text(i.truth["layout"])] for i in items], {"text"})
+    else:
+        replies = r.chat("text_mcq", items, output_modalities={"text"})
+    return {"accuracy": metrics.mean([metrics.mcq_letter(text_of(x)) == i.truth["answer"] for i, x in zip(items, replies)])}
+
+
+def _short_answers(suite: str):
+    def run(r: Runner, items: list[EvalItem]) -> dict:
+        _needs_instruct(r, suite)
+        replies = r.chat(suite, items, output_modalities={"text"})
+        return {"vqa_accuracy": metrics.mean([metrics.vqa_accuracy(text_of(x), [i.truth["answer"]])
+                                              for i, x in zip(items, replies)])}
+    run.__doc__ = f"{suite}: a short answer per question, VQA accuracy."
+    return run
+
+
+def mcot(r: Runner, items: list[EvalItem]) -> dict:
+    _needs_instruct(r, "mcot")
+    replies = r.chat("mcot", items, output_modalities={"text"}, max_new_tokens=REASONING_TOKENS)
+    texts = [text_of(x) for x in replies]
+    return {"vqa_accuracy": metrics.mean([metrics.vqa_accuracy(metrics.extract_answer(t, ANSWER_MARKER), [i.truth["answer"]])
+                                          for i, t in zip(items, texts)]),
+            "answered": metrics.mean([ANSWER_MARKER in t for t in texts])}
+
+
+def image_captioning(r: Runner, items: list[EvalItem]) -> dict:
+    if r.base:
+        prompts = [base_prompt(BASE_TEMPLATES["image_captioning"], _first(i.user_content, Image)) for i in items]
+        replies = r.complete("image_captioning", items, prompts, {"text"}, CAPTION_TOKENS)
+    else:
+        replies = r.chat("image_captioning", items, output_modalities={"text"}, max_new_tokens=CAPTION_TOKENS)
+    texts = [text_of(x) for x in replies]
+    attributes = [metrics.attribute_accuracy(scene_from_json(i.truth["scene"]).objects, t) for i, t in zip(items, texts)]
+    return {"cider": metrics.cider([i.truth["references"] for i in items], texts),
+            "attribute_accuracy": metrics.mean([a["attributes"] for a in attributes]),
+            "exact": metrics.mean([a["exact"] for a in attributes])}
+
+
+def _judge_images(items: list[EvalItem], pictures: list[PILImage.Image | None]) -> dict:
+    """Judge accuracy and SSIM of generated pictures against the items' true scenes."""
+    exact, recall, similarity, heldout, seen = [], [], [], [], []
+    for item, picture in zip(items, pictures):
+        scene = scene_from_json(item.truth["scene"])
+        if picture is None:
+            ok, found, sim = False, 0.0, 0.0
+        else:
+            read = image_judge.object_key(image_judge.read_objects(picture))
+            ok = read == scene.key()
+            found = len(read & scene.key()) / max(len(scene.key()), 1)
+            sim = metrics.ssim(picture, render(scene, picture.width))
+        exact.append(ok)
+        recall.append(found)
+        similarity.append(sim)
+        (heldout if item.truth.get("heldout") else seen).append(ok)
+    result = {"judge_exact": metrics.mean(exact), "object_recall": metrics.mean(recall), "ssim": metrics.mean(similarity),
+              "has_image": metrics.mean([p is not None for p in pictures])}
+    if heldout:
+        result.update(judge_exact_heldout=metrics.mean(heldout), judge_exact_seen=metrics.mean(seen), n_heldout=len(heldout))
+    return result
+
+
+def _first_picture(reply) -> PILImage.Image | None:
+    pictures = images_of(reply)
+    return pictures[0] if pictures else None
+
+
+def image_generation(r: Runner, items: list[EvalItem]) -> dict:
+    if r.base:
+        prompts = [base_prompt(BASE_TEMPLATES["image_generation"], text=i.truth["caption"]) for i in items]
+        replies = r.complete("image_generation", items, prompts, {"image"}, r.image_tokens())
+    else:
+        replies = r.chat("image_generation", items, output_modalities={"image"}, max_new_tokens=r.image_tokens())
+    return _judge_images(items, [_first_picture(x) for x in replies])
+
+
+def image_editing(r: Runner, items: list[EvalItem]) -> dict:
+    _needs_instruct(r, "image_editing")
+    replies = r.chat("image_editing", items, output_modalities={"image"}, max_new_tokens=r.image_tokens())
+    pictures = [_first_picture(x) for x in replies]
+    result = _judge_images(items, pictures)
+    copied = [p is not None and image_judge.object_key(image_judge.read_objects(p)) == scene_from_json(i.truth["source"]).key()
+              for i, p in zip(items, pictures)]
+    return {**result, "copied_source": metrics.mean(copied)}
+
+
+def asr(r: Runner, items: list[EvalItem]) -> dict:
+    if r.base:
+        prompts = [base_prompt(BASE_TEMPLATES["asr"], _first(i.user_content, Speech)) for i in items]
+        replies = r.complete("asr", items, prompts, {"text"}, CAPTION_TOKENS)
+    else:
+        replies = r.chat("asr", items, output_modalities={"text"}, max_new_tokens=CAPTION_TOKENS)
+    return {"wer": metrics.wer([i.truth["text"] for i in items], [text_of(x) for x in replies])}
+
+
+def _transcribe_files(paths: list[Path]) -> list[str]:
+    from mio.tokenizers.audio import load_audio
+
+    return [speech_judge.transcribe([wave], rate)[0] for wave, rate in map(load_audio, paths)]
+
+
+def _judge_speech(items: list[EvalItem], replies, world: Path) -> dict:
+    """Whisper's WER on generated speech beside its WER on the reference audio."""
+    texts = [i.truth["text"] for i in items]
+    heard = []
+    for reply in replies:
+        speech = speech_of(reply)
+        heard.append(speech_judge.transcribe([speech.wave], speech.sample_rate)[0] if speech is not None else "")
+    reference = _transcribe_files([world / "eval" / i.truth["reference"] for i in items])
+    result = {"wer": metrics.wer(texts, heard), "judge_wer_reference": metrics.wer(texts, reference),
+              "has_speech": metrics.mean([speech_of(x) is not None for x in replies])}
+    if "answer" in items[0].truth:
+        result["answer_accuracy"] = metrics.mean([
+            metrics.vqa_accuracy(metrics.extract_answer(h, ANSWER_MARKER), [i.truth["answer"]]) for i, h in zip(items, heard)])
+    return result
+
+
+def _spoken(suite: str):
+    def run(r: Runner, items: list[EvalItem], world: Path) -> dict:
+        _needs_judge()
+        if r.base and suite != "tts":
+            _needs_instruct(r, suite)
+        if r.base:
+            prompts = [base_prompt(BASE_TEMPLATES["tts"], text=i.truth["text"]) for i in items]
+            replies = r.complete(suite, items, prompts, {"speech"}, r.speech_tokens())
+        else:
+            replies = r.chat(suite, items, output_modalities={"speech"}, max_new_tokens=r.speech_tokens())
+        return _judge_speech(items, replies, world)
+    run.__doc__ = f"{suite}: spoken replies transcribed by the Whisper judge."
+    return run
+
+
+def video_captioning(r: Runner, items: list[EvalItem]) -> dict:
+    if r.base:
+        prompts = [base_prompt(BASE_TEMPLATES["video_captioning"], _first(i.user_content, Video)) for i in items]
+        replies = r.complete("video_captioning", items, prompts, {"text"}, DESCRIPTION_TOKENS)
+    else:
+        replies = r.chat("video_captioning", items, output_modalities={"text"}, max_new_tokens=DESCRIPTION_TOKENS)
+    texts = [text_of(x) for x in replies]
+    changes = [metrics.normalize_caption(narrate(clip_from_json(i.truth["clip"]).change)) in metrics.normalize_caption(t)
+               for i, t in zip(items, texts)]
+    return {"cider": metrics.cider([i.truth["references"] for i in items], texts), "change_accuracy": metrics.mean(changes)}
+
+
+def video_generation(r: Runner, items: list[EvalItem]) -> dict:
+    budget = r.image_tokens(EncodeConfig().max_video_frames)
+    if r.base:
+        prompts = [base_prompt(BASE_TEMPLATES["video_generation"], text=i.truth["description"]) for i in items]
+        replies = r.complete("video_generation", items, prompts, {"video"}, budget)
+    else:
+        replies = r.chat("video_generation", items, output_modalities={"video"}, max_new_tokens=budget)
+    videos = [images_of(x) for x in replies]
+    result = video_judge.score([clip_from_json(i.truth["clip"]) for i in items], videos)
+    result.pop("n")
+    return {**result, "frames": metrics.mean([len(v) for v in videos])}
+
+
+def storytelling(r: Runner, items: list[EvalItem]) -> dict:
+    _needs_instruct(r, "storytelling")
+    steps = max(len(i.truth["states"]) for i in items)
+    budget = r.image_tokens(steps) + steps * STORY_SENTENCE_TOKENS
+    replies = r.chat("storytelling", items, output_modalities={"text", "image"}, max_new_tokens=budget)
+    exact, whole, consistent, counts = [], [], [], []
+    for item, reply in zip(items, replies):
+        truth = [scene_from_json(s).key() for s in item.truth["states"]]
+        read = [image_judge.object_key(image_judge.read_objects(p)) for p in images_of(reply)][: len(truth)]
+        read += [None] * (len(truth) - len(read))
+        hits = [a == b for a, b in zip(read, truth)]
+        exact += hits
+        whole.append(all(hits))
+        counts.append(len(images_of(reply)))
+        for k in range(1, len(truth)):
+            ok = read[k - 1] is not None and read[k] is not None
+            consistent.append(ok and scene_change(read[k - 1], read[k]) == scene_change(truth[k - 1], truth[k]))
+    return {"image_exact": metrics.mean(exact), "story_exact": metrics.mean(whole),
+            "consistency": metrics.mean(consistent), "images_per_story": metrics.mean(counts)}
+
+
+def covt(r: Runner, items: list[EvalItem]) -> dict:
+    _needs_instruct(r, "covt")
+    answers = [[i.truth["answer"]] for i in items]
+    drawn = r.chat("covt", items, output_modalities={"text", "image"}, max_new_tokens=r.image_tokens() + SHORT_ANSWER_TOKENS)
+    with_image = [metrics.vqa_accuracy(text_after_images(x), a) for x, a in zip(drawn, answers)]
+    direct = r.chat("covt/text_only", items, output_modalities={"text"})
+    without = [metrics.vqa_accuracy(text_of(x), a) for x, a in zip(direct, answers)]
+    judged = _judge_images(items, [_first_picture(x) for x in drawn])
+    return {"accuracy_with_image": metrics.mean(with_image), "accuracy_without_image": metrics.mean(without),
+            "gain": metrics.mean(with_image) - metrics.mean(without), "image_exact": judged["judge_exact"]}
+
+
+def icl(r: Runner, items: list[EvalItem]) -> dict:
+    zero_shot = [[Image(image=i.user_content[-1].image)] for i in items]
+
+    def ask(name: str, contents: list[list[Segment]]) -> list[float]:
+        if r.base:
+            replies = r.complete(name, items, [c + [Text(ICL_MARKER)] for c in contents], {"text"})
+        else:
+            replies = r.chat(name, items, [[Message("user", c)] for c in contents], output_modalities={"text"})
+        return [metrics.vqa_accuracy(metrics.extract_answer(text_of(x), ICL_MARKER), [i.truth["answer"]])
+                for i, x in zip(items, replies)]
+
+    k_shot = ask("icl", [i.user_content for i in items])
+    zero = ask("icl/0_shot", zero_shot)
+    return {"accuracy_k_shot": metrics.mean(k_shot), "accuracy_0_shot": metrics.mean(zero),
+            "gain": metrics.mean(k_shot) - metrics.mean(zero), "k": items[0].truth["shots"]}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A suite's scorer, and whether it needs the world directory (reference audio)."""
+
+    run: Callable
+    needs_world: bool = False
+
+
+SUITES: dict[str, Suite] = {
+    "text_mcq": Suite(text_mcq),
+    "image_captioning": Suite(image_captioning),
+    "image_qa": Suite(_short_answers("image_qa")),
+    "image_generation": Suite(image_generation),
+    "image_editing": Suite(image_editing),
+    "asr": Suite(asr),
+    "tts": Suite(_spoken("tts"), needs_world=True),
+    "speech_understanding": Suite(_short_answers("speech_understanding")),
+    "speech_generation": Suite(_spoken("speech_generation"), needs_world=True),
+    "speech_to_speech": Suite(_spoken("speech_to_speech"), needs_world=True),
+    "video_captioning": Suite(video_captioning),
+    "video_understanding": Suite(_short_answers("video_understanding")),
+    "video_generation": Suite(video_generation),
+    "storytelling": Suite(storytelling),
+    "covt": Suite(covt),
+    "icl": Suite(icl),
+    "mcot": Suite(mcot),
+    "chart": Suite(_short_answers("chart")),
+}
+"""Every suite, in report order (the same names as `mio.toyworld.tasks.EVAL_SUITES`)."""
+
+
+def run_suite(name: str, runner: Runner, world: Path, limit: int | None = None, image_size: int = 64) -> dict:
+    """Load a suite's items, ask the model, score: `{metric: value, ..., "n": count}`.
+    Raises `SuiteSkipped` when the suite cannot run here."""
+    suite = SUITES[name]
+    items = load_items(world, name, limit, image_size)
+    if not items:
+        raise SuiteSkipped(f"{name} has no test items")
+    scores = suite.run(runner, items, world) if suite.needs_world else suite.run(runner, items)
+    return {**scores, "n": len(items)}
