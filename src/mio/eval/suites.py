@@ -66,12 +66,14 @@ class SuiteSkipped(RuntimeError):
 
 @dataclass
 class EvalItem:
-    """One test item: the prompt (raw media, reference reply removed) and its truth."""
+    """One test item: the prompt (raw media, reference reply removed), its truth and the
+    reference reply."""
 
     id: str
     mode: str
     prompt: list[Message]
     truth: dict
+    reference: list[Segment] = field(default_factory=list)
 
     @property
     def user_content(self) -> list[Segment]:
@@ -108,9 +110,8 @@ def load_items(world: Path, suite: str, limit: int | None = None, image_size: in
         messages = [Message(role, content if isinstance(content, str) else
                             [Text(p) if isinstance(p, str) else _load_media(p, image_size) for p in content])
                     for role, content in record.messages]
-        if messages[-1].role == "assistant":
-            messages = messages[:-1]
-        items.append(EvalItem(truth["id"], record.mode, messages, truth))
+        reference = messages.pop().segments if messages[-1].role == "assistant" else []
+        items.append(EvalItem(truth["id"], record.mode, messages, truth, reference))
     return items
 
 

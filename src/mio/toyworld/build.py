@@ -52,9 +52,6 @@ MEDIA_DIR = "media"
 # Manifests sit one directory below the corpus root, so their media paths start with this.
 MEDIA_PREFIX = f"../{MEDIA_DIR}"
 HASH_CHARS = 16
-# MP4 frames are drawn this many times larger than image_size: H.264 at 64 px blurs
-# low-contrast shapes (yellow, orange on a light background) enough to misread them.
-VIDEO_SCALE = 4
 JOBS_PER_CHUNK = 16
 # Scene detection for keyframes: a toyworld change (one small object recoloured) moves the
 # content score by only a few units, far below the detector's default; measured on clips
@@ -102,7 +99,7 @@ class MediaStore:
 
     def _video_file(self, clip: Clip) -> tuple[Path, str]:
         path, rel = self._paths("video", _digest(clip, self.cfg.image_size, self.cfg.frame_repeat, self.cfg.video_fps), "mp4")
-        _atomic(path, lambda p: write_clip(clip, p, self.cfg.image_size * VIDEO_SCALE, self.cfg.frame_repeat, self.cfg.video_fps))
+        _atomic(path, lambda p: write_clip(clip, p, self.cfg.image_size, self.cfg.frame_repeat, self.cfg.video_fps))
         return path, rel
 
     def video(self, clip: Clip) -> str:

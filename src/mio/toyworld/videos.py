@@ -21,6 +21,9 @@ from PIL import Image
 from mio.tokenizers.video import write_mp4
 from mio.toyworld.scenes import COLORS, GRID, SHAPES, SIZES, Scene, SceneObject, caption, render
 
+# MP4 frames are drawn this many times larger than the frame size: H.264 at 64 px blurs
+# low-contrast shapes (yellow, orange on a light background) enough to misread them.
+VIDEO_SCALE = 4
 KINDS = ("move", "grow", "shrink", "recolor", "appear", "disappear")
 NONE, OTHER = "none", "other"
 """Kinds `scene_change` returns when nothing changed, or more than one edit did."""
@@ -206,7 +209,8 @@ def render_clip(clip: Clip, image_size: int = 64) -> list[Image.Image]:
     return [render(s, image_size) for s in clip.states]
 
 
-def write_clip(clip: Clip, path: str | Path, image_size: int, repeat: int, fps: float) -> Path:
-    """Write the clip as an MP4 in which every state lasts `repeat` frames."""
-    frames = render_clip(clip, image_size)
+def write_clip(clip: Clip, path: str | Path, image_size: int, repeat: int, fps: float, scale: int = VIDEO_SCALE) -> Path:
+    """Write the clip as an MP4 in which every state lasts `repeat` frames, drawn `scale`
+    times larger than `image_size` (readers resize frames back to `image_size`)."""
+    frames = render_clip(clip, image_size * scale)
     return write_mp4([f for f in frames for _ in range(repeat)], path, fps=fps)

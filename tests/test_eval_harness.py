@@ -1,0 +1,183 @@
+"""The evaluation harness: every suite scored on a tiny world, by an oracle that replies
+with the reference answers (the scorers must give full marks) and by a random-weight model
+through the real API (plumbing, reproducibility, the `mio eval` command)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import SMALL_LAYOUT
+from mio.cli import main
+from mio.config import load
+from mio.eval import harness, speech_judge, suites
+from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
+from mio.model import ModelConfig, build_model
+from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig
+from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
+from mio.toyworld import build
+from mio.toyworld.world import WorldConfig
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "toyworld" / "tiny.toml"
+SPEAKING = ("tts", "speech_generation", "speech_to_speech")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU run much faster on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    build.build(load(WorldConfig, TINY), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, text_tokenizer) -> Path:
+    """An untrained run directory laid out like `mio train`'s export (stage: sft)."""
+    directory = tmp_path_factory.mktemp("run")
+    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                                    max_position_embeddings=2048, init_std=0.5), len(text_tokenizer))
+    model.save_pretrained(directory)
+    text_tokenizer.save_pretrained(directory)
+    EmbeddedImageTokenizer(ImageTokenizerConfig(
+        image_size=32, conv_channels=(8, 16), width=32, heads=2, encoder_layers=1, qformer_layers=1, decoder_layers=1,
+        tokens_per_image=SMALL_LAYOUT.tokens_per_image, codebook_size=SMALL_LAYOUT.image_codebook_size,
+        codebook_dim=8)).save(directory / "image_tokenizer")
+    EmbeddedSpeechTokenizer(SpeechTokenizerConfig(
+        frame_rate=25.0, codebook_size=SMALL_LAYOUT.speech_codebook_size, latent_dim=16, channels=32, blocks=1,
+        upsampled_channels=16, kmeans_iters=2, griffin_lim_iters=4)).save(directory / "speech_tokenizer")
+    config = {"layout": dataclasses.asdict(SMALL_LAYOUT), "context_length": 2048}
+    (directory / "run.json").write_text(json.dumps({"stage": "sft", "config": config}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def model(run_dir):
+    from mio.api import MIO
+
+    return MIO.from_pretrained(run_dir, device="cpu")
+
+
+@pytest.fixture
+def fake_whisper(monkeypatch):
+    """A stand-in transcriber (the real judge is slow; it is exercised in one test below)."""
+    monkeypatch.setattr(speech_judge, "available", lambda: True)
+    monkeypatch.setattr(speech_judge, "transcribe", lambda waves, rate: ["the answer is 3"] * len(waves))
+
+
+class OracleRunner(Runner):
+    """Replies with each item's reference reply, restricted to the requested modalities."""
+
+    def _reply(self, item, output_modalities):
+        kinds = {"Text": "text", "Image": "image", "Video": "video", "Speech": "speech"}
+        return [s for s in item.reference if output_modalities is None or kinds[type(s).__name__] in output_modalities]
+
+    def chat(self, suite, items, prompts=None, output_modalities=None, max_new_tokens=0):
+        replies = [self._reply(i, output_modalities) for i in items]
+        self._keep(suite, items, replies)
+        return replies
+
+    def complete(self, suite, items, prompts, output_modalities=None, max_new_tokens=0):
+        return self.chat(suite, items, output_modalities=output_modalities)
+
+
+ORACLE_SCORES = {
+    "text_mcq": {"accuracy": 1.0},
+    "image_captioning": {"attribute_accuracy": 1.0, "exact": 1.0},
+    "image_qa": {"vqa_accuracy": 1.0},
+    "image_generation": {"judge_exact": 1.0, "object_recall": 1.0, "ssim": 1.0},
+    "image_editing": {"judge_exact": 1.0, "ssim": 1.0, "copied_source": 0.0},
+    "asr": {"wer": 0.0},
+    "speech_understanding": {"vqa_accuracy": 1.0},
+    "video_captioning": {"change_accuracy": 1.0},
+    "video_understanding": {"vqa_accuracy": 1.0},
+    "video_generation": {"change_accuracy": 1.0, "first_exact": 1.0, "last_exact": 1.0},
+    "storytelling": {"image_exact": 1.0, "story_exact": 1.0, "consistency": 1.0},
+    "covt": {"accuracy_with_image": 1.0, "image_exact": 1.0},
+    "icl": {"accuracy_k_shot": 1.0},
+    "mcot": {"vqa_accuracy": 1.0, "answered": 1.0},
+    "chart": {"vqa_accuracy": 1.0},
+}
+
+
+def test_reference_answers_get_full_marks(world, fake_whisper):
+    runner = OracleRunner(SimpleNamespace(vocab=SimpleNamespace(layout=SMALL_LAYOUT)))
+    assert set(ORACLE_SCORES) | set(SPEAKING) == set(SUITES)
+    for name, expected in ORACLE_SCORES.items():
+        scores = run_suite(name, runner, world)
+        assert scores["n"] == load(WorldConfig, TINY).eval_per_suite
+        for metric, value in expected.items():
+            assert scores[metric] == pytest.approx(value, abs=1e-6), (name, metric, scores)
+    for name in SPEAKING:  # the stand-in judge hears the same for reference and reply
+        scores = run_suite(name, runner, world)
+        assert scores["wer"] == scores["judge_wer_reference"] and scores["has_speech"] == 1.0
+
+
+@pytest.mark.skipif(not speech_judge.available(), reason=speech_judge.UNAVAILABLE_HINT)
+def test_whisper_judges_reference_speech(world):
+    runner = OracleRunner(SimpleNamespace(vocab=SimpleNamespace(layout=SMALL_LAYOUT)))
+    scores = run_suite("tts", runner, world, limit=2)
+    assert scores["wer"] == scores["judge_wer_reference"] < 0.5  # the oracle's audio is the reference
+
+
+def test_speaking_suites_are_skipped_without_the_judge(world, model, monkeypatch):
+    monkeypatch.setattr(speech_judge, "available", lambda: False)
+    result, _ = harness.evaluate(model, "run", world, list(SPEAKING), limit=1)
+    assert result["suites"] == {} and set(result["skipped"]) == set(SPEAKING)
+    assert all("pip install" in reason for reason in result["skipped"].values())
+
+
+def test_random_model_runs_every_suite_reproducibly(world, model, fake_whisper):
+    result, runner = harness.evaluate(model, "run", world, limit=1, batch_size=2, seed=3)
+    assert set(result["suites"]) == set(SUITES) and not result["skipped"]
+    for name, scores in result["suites"].items():
+        assert scores["n"] == 1 and all(isinstance(v, (int, float)) for v in scores.values()), name
+    again, runner_again = harness.evaluate(model, "run", world, ["image_generation", "video_captioning"], limit=1, batch_size=2, seed=3)
+    for name in again["suites"]:
+        assert again["suites"][name] == result["suites"][name]
+        assert [r["text"] for r in runner_again.replies[name]] == [r["text"] for r in runner.replies[name]]
+
+
+def test_base_checkpoints_use_pretraining_templates(world, model, run_dir, tmp_path, fake_whisper):
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    (base_dir / "run.json").write_text(json.dumps({"stage": "stage3"}))
+    assert harness.is_base(base_dir) and not harness.is_base(run_dir) and not harness.is_base(tmp_path)
+    result, runner = harness.evaluate(model, "run", world, ["image_captioning", "image_qa", "icl", "tts"], limit=1, base=True)
+    assert set(result["suites"]) == {"image_captioning", "icl", "tts"}
+    assert "instruction-tuned" in result["skipped"]["image_qa"]
+    with pytest.raises(SuiteSkipped):
+        suites.image_editing(Runner(model, base=True), [])
+
+
+def test_eval_command_writes_metrics_json_and_table(world, run_dir, tmp_path):
+    out, json_path = tmp_path / "eval", tmp_path / "m.json"
+    code = main(["eval", "--model", str(run_dir), "--world", str(world), "--suite", "image_qa", "image_generation",
+                 "--limit", "2", "--json", str(json_path), "--out", str(out), "--samples", "1", "--greedy"])
+    assert code == 0
+    result = json.loads(json_path.read_text())
+    assert result["model"] == str(run_dir) and set(result["suites"]) == {"image_qa", "image_generation"}
+    assert result["suites"]["image_qa"]["n"] == 2 and "vqa_accuracy" in result["suites"]["image_qa"]
+    assert json.loads((out / "metrics.json").read_text()) == result
+    assert "| image_generation | 2 |" in (out / "metrics.md").read_text()
+    assert len((out / "replies" / "image_qa.jsonl").read_text().splitlines()) == 2
+    assert list((out / "replies" / "image_generation").glob("*.png"))
+
+
+def test_unknown_suite_and_missing_world_are_clear_errors(model, tmp_path):
+    with pytest.raises(ValueError, match="unknown suite"):
+        harness.evaluate(model, "run", tmp_path, ["nope"])
+    with pytest.raises(FileNotFoundError, match="mio toyworld"):
+        harness.evaluate(model, "run", tmp_path, ["image_qa"])
