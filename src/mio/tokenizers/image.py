@@ -12,8 +12,12 @@ vector quantizer, and back to pixels with a decoder. This module keeps that shap
     codes -> code embeddings -> transformer decoder: one learned query per patch,
              cross-attending to the codes -> transposed-conv upsampling -> image
 
-The convolutional stem and upsampler give the local inductive bias that lets this train in
-minutes on a CPU; the transformer parts carry the SEED design.
+Two departures from SEED, both to make a CPU-sized model learn quickly: a convolutional
+stem and upsampler, and a fixed Gaussian locality prior added to the cross-attention logits
+(`locality_bias`: query i starts out looking at its own region of the image, output patch j
+at the codes of its region). Measured honestly: with these, the embedded default still
+learns slowly (see `configs/tokenizer/image_default.toml` and the issue notes).
+
 The causal Q-Former matters for MIO: code i depends only on queries <= i, so the left-to-
 right order the language model generates codes in is the order they were made in.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +75,18 @@ class ImageTokenizerConfig:
     qformer_layers: int = 2
     """Causal Q-Former layers (causal self-attention over queries + cross-attention to patches)."""
     decoder_layers: int = 3
-    """Transformer layers of the pixel decoder (patch queries cross-attending to the codes)."""
+    """Transformer layers of the pixel decoder, over the patch grid the codes are mapped to."""
     tokens_per_image: int = 32
     """Discrete codes per image (learned Q-Former queries). The paper uses 32."""
+    locality: float = 0.5
+    """Width (in patches, relative to a query's share of the grid) of the attention prior that
+    points query i at its own region of the image and each output patch at the codes of its
+    region (0: no prior). The prior is what makes this train in minutes; attention can
+    still look elsewhere."""
     codebook_size: int = 1024
     """Number of distinct codes. The paper's SEED tokenizer has 8192."""
     codebook_dim: int = 32
-    """Dimension codes are looked up in (the quantizer projects width -> codebook_dim)."""
+    """Dimension codes are looked up in (features are projected width -> codebook_dim and back)."""
     codebook_decay: float = 0.9
     """EMA decay of the codebook update."""
     commitment_weight: float = 0.25
@@ -98,6 +108,8 @@ class ImageTokenizerConfig:
                 raise ValueError(f"{name} must be positive")
         if min(self.conv_channels) < 1:
             raise ValueError("conv_channels must be positive")
+        if self.locality < 0:
+            raise ValueError("locality must be >= 0")
 
     @property
     def patch_size(self) -> int:
@@ -111,6 +123,26 @@ class ImageTokenizerConfig:
 def _transformer_layer(cfg: ImageTokenizerConfig, cross: bool) -> nn.Module:
     kind = nn.TransformerDecoderLayer if cross else nn.TransformerEncoderLayer
     return kind(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+
+
+def locality_bias(tokens: int, grid: int, width: float) -> torch.Tensor:
+    """Additive attention bias [tokens, grid*grid]: query i gets a home point on the image
+    (queries tile it in raster order, rows x cols as square as possible) and a Gaussian
+    log-weight -d^2 / (2 sigma^2) over patch centres, sigma = `width` x the side of the query's tile
+    in patches. Codes therefore come out roughly in raster order, like a raster tokenizer's,
+    while the causal Q-Former still mixes them. `width` 0 gives no bias."""
+    if width == 0:
+        return torch.zeros(tokens, grid * grid)
+    rows = max(d for d in range(1, int(math.isqrt(tokens)) + 1) if tokens % d == 0)
+    cols = tokens // rows
+    q = torch.arange(tokens)
+    home_y = (q // cols + 0.5) * grid / rows - 0.5
+    home_x = (q % cols + 0.5) * grid / cols - 0.5
+    p = torch.arange(grid * grid)
+    py, px = (p // grid).float(), (p % grid).float()
+    sigma = width * math.sqrt((grid / rows) * (grid / cols))
+    dist2 = (home_y[:, None] - py[None]) ** 2 + (home_x[:, None] - px[None]) ** 2
+    return -dist2 / (2 * sigma**2)
 
 
 class ImageTokenizerModel(nn.Module):
@@ -135,23 +167,30 @@ class ImageTokenizerModel(nn.Module):
         self.queries = nn.Parameter(torch.randn(1, n_tok, w) * 0.02)
         self.qformer = nn.TransformerDecoder(_transformer_layer(cfg, True), cfg.qformer_layers)
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(n_tok), persistent=False)
+        side = cfg.image_size // cfg.patch_size
+        bias = locality_bias(n_tok, side, cfg.locality)
+        self.register_buffer("query_bias", bias, persistent=False)  # queries -> patches
+        self.register_buffer("patch_bias", bias.T.contiguous(), persistent=False)  # patches -> codes
         self.qformer_norm = nn.LayerNorm(w)
-        # Vector quantizer.
+        # Vector quantizer in a low-dimensional code space (small codes are used more evenly).
+        # The projection lives outside the quantizer so that training can bypass quantization
+        # during a continuous warm-up and still use the same layers afterwards.
+        self.to_code = nn.Linear(w, cfg.codebook_dim)
         self.quantizer = VectorQuantize(
-            dim=w,
+            dim=cfg.codebook_dim,
             codebook_size=cfg.codebook_size,
-            codebook_dim=cfg.codebook_dim,
             decay=cfg.codebook_decay,
             commitment_weight=cfg.commitment_weight,
             kmeans_init=cfg.kmeans_init,
             threshold_ema_dead_code=cfg.dead_code_threshold,
         )
-        # Pixel decoder: which slot a code sits in matters, so codes get a position embedding.
+        # Pixel decoder: one learned query per patch cross-attends to the codes (which slot a
+        # code sits in matters, so codes get a position embedding), then transposed convs.
         self.code_pos = nn.Parameter(torch.randn(1, n_tok, w) * 0.02)
+        self.from_code = nn.Linear(cfg.codebook_dim, w)
         self.pixel_queries = nn.Parameter(torch.randn(1, n_patch, w) * 0.02)
         self.decoder = nn.TransformerDecoder(_transformer_layer(cfg, True), cfg.decoder_layers)
         self.decoder_norm = nn.LayerNorm(w)
-        # Upsampler: mirrors the stem with transposed convs, back to full resolution.
         channels = list(reversed(cfg.conv_channels))
         up: list[nn.Module] = [nn.Conv2d(w, channels[0], kernel_size=1)]
         for c_in, c_out in zip(channels, channels[1:] + channels[-1:]):
@@ -164,30 +203,40 @@ class ImageTokenizerModel(nn.Module):
         patches = self.stem(pixels).flatten(2).transpose(1, 2) + self.patch_pos
         memory = self.encoder_norm(self.encoder(patches))
         queries = self.queries.expand(pixels.shape[0], -1, -1)
-        out = self.qformer(queries, memory, tgt_mask=self.causal_mask, tgt_is_causal=True)
+        out = self.qformer(queries, memory, tgt_mask=self.causal_mask, memory_mask=self.query_bias, tgt_is_causal=True)
         return self.qformer_norm(out)
 
     def quantize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Features -> (quantized vectors [N, L, width], codes [N, L], commitment loss)."""
-        quantized, codes, commit_loss = self.quantizer(features)
+        """Features -> (quantized code vectors [N, L, codebook_dim], codes [N, L], commitment loss)."""
+        quantized, codes, commit_loss = self.quantizer(self.to_code(features))
         return quantized, codes, commit_loss.sum()
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [N, L] -> quantized vectors [N, L, width] (what `quantize` returns for them)."""
+        """Codes [N, L] -> code vectors [N, L, codebook_dim] (what `quantize` returns for them)."""
         return self.quantizer.get_output_from_indices(codes)
 
     def decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Quantized vectors [N, L, width] -> pixels [N, 3, H, W] in [-1, 1] (unclamped)."""
+        """Code vectors [N, L, codebook_dim] -> pixels [N, 3, H, W] in [-1, 1] (unclamped)."""
         cfg, n = self.cfg, quantized.shape[0]
-        memory = quantized + self.code_pos
-        out = self.decoder_norm(self.decoder(self.pixel_queries.expand(n, -1, -1), memory))
+        memory = self.from_code(quantized) + self.code_pos
+        queries = self.pixel_queries.expand(n, -1, -1)
+        grid = self.decoder_norm(self.decoder(queries, memory, memory_mask=self.patch_bias))
         side = cfg.image_size // cfg.patch_size
-        grid = out.transpose(1, 2).reshape(n, cfg.width, side, side)
-        return self.upsample(grid)
+        return self.upsample(grid.transpose(1, 2).reshape(n, cfg.width, side, side))
 
-    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training pass: reconstruction, codes, the quantized vectors and the VQ loss."""
-        quantized, codes, commit_loss = self.quantize(self.encode_features(pixels))
+    def forward(self, pixels: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor | None]:
+        """Training pass: reconstruction, codes, the quantized vectors and the VQ loss.
+
+        `quantize=False` skips the quantizer (codes None): used for a continuous warm-up, so
+        that the features differ between images before k-means initialises the codebook on
+        them (initialised on the near-identical features of a fresh model, every image gets
+        the same codes and the codebook collapses)."""
+        features = self.encode_features(pixels)
+        if not quantize:
+            continuous = self.to_code(features)
+            return {"reconstruction": self.decode_quantized(continuous), "codes": None,
+                    "quantized": continuous, "commit_loss": features.new_zeros(())}
+        quantized, codes, commit_loss = self.quantize(features)
         return {"reconstruction": self.decode_quantized(quantized), "codes": codes,
                 "quantized": quantized, "commit_loss": commit_loss}
 

@@ -51,6 +51,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 METRICS_NAME = "metrics.json"
 TRAIN_CONFIG_NAME = "train_config.json"
 _WORD = re.compile(r"[a-z]+")
+# The cosine schedule ends at this fraction of the peak learning rate.
+LR_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,10 @@ class ImageTrainConfig:
     lr: float = 2e-3
     """Peak AdamW learning rate (linear warmup, cosine decay to 10%)."""
     warmup_steps: int = 50
-    """Linear warmup steps."""
+    """Linear learning-rate warmup steps."""
+    continuous_steps: int = 100
+    """First steps train without quantization; the codebook is then k-means initialised on
+    features that already tell images apart."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     grad_clip: float = 1.0
@@ -173,8 +178,7 @@ def _lr_factor(step: int, cfg: ImageTrainConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    floor = 0.1
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
@@ -185,7 +189,7 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
     model = ImageTokenizerModel(cfg.model).to(device)
     words, targets, has_caption = caption_targets(train_set.captions)
     use_captions = cfg.caption_weight > 0 and bool(words) and bool(has_caption.any())
-    head = CaptionHead(cfg.model.tokens_per_image, cfg.model.width, cfg.caption_hidden, len(words)).to(device) if use_captions else None
+    head = CaptionHead(cfg.model.tokens_per_image, cfg.model.codebook_dim, cfg.caption_hidden, len(words)).to(device) if use_captions else None
     params = list(model.parameters()) + (list(head.parameters()) if head else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
@@ -198,7 +202,8 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
     for step in progress:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=generator)
         batch = pixels[idx].to(device)
-        out = model(batch)
+        quantizing = step >= cfg.continuous_steps
+        out = model(batch, quantize=quantizing)
         recon = F.mse_loss(out["reconstruction"], batch)
         loss = recon + out["commit_loss"]
         caption_loss = torch.zeros((), device=device)
@@ -214,7 +219,7 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
         optimizer.step()
         scheduler.step()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            used = out["codes"].unique().numel()
+            used = out["codes"].unique().numel() if quantizing else 0
             progress.set_postfix(recon=f"{recon.item():.4f}", codes=used)
             log.info("step %d/%d  recon %.4f  commit %.4f  caption %.4f  codes in batch %d  (%s)",
                      step + 1, cfg.steps, recon.item(), out["commit_loss"].item(), caption_loss.item(), used,
