@@ -14,6 +14,7 @@ import sys
 
 # name -> (module, one-line help). Nested commands use "group name".
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("mio.demo", "the whole recipe on the embedded world: world, tokenizers, Stage I-III, SFT, evaluation, report"),
     "prepare": ("mio.data.prepare", "tokenize a corpus's media once, offline, into training shards"),
     "train": ("mio.train", "run a training stage (or a chain of stages) from a TOML config"),
     "tokenizer train": ("mio.tokenizers.train_cli", "train an embedded image or speech tokenizer"),

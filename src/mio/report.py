@@ -1,0 +1,276 @@
+"""The demo report: one HTML page a person opens in a browser, and `metrics.json` for programs.
+
+`write_report(demo_dir, preset, run_dirs)` reads what the demo steps left behind
+(`demo_state.json`, `tokenizers/*/metrics.json`, `runs/<stage>/metrics.jsonl`,
+`eval/{base,instruct}/`, the world's test items) and writes:
+
+- `report.html`: the time of every step, the metric table per checkpoint beside the quality
+  targets, loss curves per stage, per modality and per data type (the paper's Figure 2),
+  and per suite a gallery of prompts and replies (pictures, GIFs, audio players);
+- `metrics.json`: `{"preset", "checkpoints": {"base": {SUITE: {METRIC: v}}, "instruct": ...},
+  "skipped", "targets": [...], "steps": {STEP: seconds}, "total_seconds", "tokenizers"}`.
+
+Media are linked by relative path, so the demo directory can be moved or zipped as a whole.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import operator
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mio.data.manifest import MediaRef, read_manifest
+
+CHECKPOINTS = ("base", "instruct")
+CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 520, 220, 36
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A quality target of the default preset (issue 7), checked on the instruct checkpoint."""
+
+    label: str
+    suite: str
+    metric: str
+    op: str
+    """`>=` or `<=`."""
+    threshold: float
+    reference_metric: str = ""
+    """When set, the threshold is a multiple of this metric (TTS: 2 x the judge's reference WER)."""
+
+    def bound(self, scores: dict) -> float | None:
+        if not self.reference_metric:
+            return self.threshold
+        ref = scores.get(self.reference_metric)
+        return None if ref is None else self.threshold * ref
+
+    def check(self, scores: dict | None) -> dict:
+        value = None if scores is None else scores.get(self.metric)
+        bound = None if scores is None else self.bound(scores)
+        met = None
+        if value is not None and bound is not None:
+            met = bool({">=": operator.ge, "<=": operator.le}[self.op](value, bound))
+        return {"label": self.label, "suite": self.suite, "metric": self.metric, "op": self.op,
+                "bound": bound, "value": value, "met": met}
+
+
+TARGETS = (
+    Target("image captioning attribute accuracy", "image_captioning", "attribute_accuracy", ">=", 0.90),
+    Target("image QA", "image_qa", "vqa_accuracy", ">=", 0.90),
+    Target("text-only MCQ", "text_mcq", "accuracy", ">=", 0.90),
+    Target("ASR WER (held-out voices)", "asr", "wer", "<=", 0.15),
+    Target("speech understanding", "speech_understanding", "vqa_accuracy", ">=", 0.80),
+    Target("video captioning (change named)", "video_captioning", "change_accuracy", ">=", 0.85),
+    Target("image generation fully correct", "image_generation", "judge_exact", ">=", 0.60),
+    Target("image editing", "image_editing", "judge_exact", ">=", 0.50),
+    Target("video generation", "video_generation", "change_accuracy", ">=", 0.50),
+    Target("TTS WER <= 2 x judge's reference WER", "tts", "wer", "<=", 2.0, "judge_wer_reference"),
+    Target("speech-to-speech", "speech_to_speech", "answer_accuracy", ">=", 0.50),
+    Target("k-shot ICL gain over 0-shot", "icl", "gain", ">=", 0.20),
+    Target("chain-of-visual-thought gain", "covt", "gain", ">=", 0.10),
+)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
+# ---------------------------------------------------------------- loss curves
+
+
+def svg_chart(series: dict[str, list[tuple[float, float]]], title: str) -> str:
+    """A small line chart (inline SVG) of named (x, y) series on shared axes."""
+    points = [p for pts in series.values() for p in pts]
+    if not points:
+        return ""
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    w, h, pad = CHART_WIDTH, CHART_HEIGHT, CHART_PAD
+
+    def sx(x):
+        return pad + (x - x0) / (x1 - x0) * (w - 2 * pad)
+
+    def sy(y):
+        return h - pad - (y - y0) / (y1 - y0) * (h - 2 * pad)
+
+    parts = [f'<svg width="{w}" height="{h + 18 * ((len(series) + 2) // 3)}" xmlns="http://www.w3.org/2000/svg" class="chart">',
+             f'<text x="{pad}" y="16" font-weight="bold">{html.escape(title)}</text>',
+             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#999"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#999"/>',
+             f'<text x="{pad}" y="{h - pad + 14}" font-size="11">{x0:g}</text>',
+             f'<text x="{w - pad}" y="{h - pad + 14}" font-size="11" text-anchor="end">step {x1:g}</text>',
+             f'<text x="{pad - 4}" y="{pad + 4}" font-size="11" text-anchor="end">{y1:.2f}</text>',
+             f'<text x="{pad - 4}" y="{h - pad}" font-size="11" text-anchor="end">{y0:.2f}</text>']
+    for k, (name, pts) in enumerate(series.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{coords}"/>')
+        lx, ly = pad + (k % 3) * 170, h + 4 + 18 * (k // 3)
+        parts.append(f'<rect x="{lx}" y="{ly}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{lx + 14}" y="{ly + 9}" font-size="11">{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def loss_series(records: list[dict], prefix: str) -> dict[str, list[tuple[float, float]]]:
+    """Training-loss series from metrics.jsonl records: `loss_` (per modality of the
+    predicted token) or `loss/` (per data type)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if "lr" not in r:  # validation records
+            continue
+        for key, value in r.items():
+            if key.startswith(prefix):
+                series.setdefault(key[len(prefix):], []).append((r["step"], value))
+    return series
+
+
+# ---------------------------------------------------------------- galleries
+
+
+def _media_html(path: Path, root: Path) -> str:
+    rel = html.escape(os.path.relpath(path, root))
+    suffix = path.suffix.lower()
+    if suffix in (".png", ".gif", ".jpg"):
+        return f'<img src="{rel}" class="media">'
+    if suffix == ".wav":
+        return f'<audio controls src="{rel}"></audio>'
+    if suffix == ".mp4":
+        return f'<video controls loop muted src="{rel}" class="media"></video>'
+    return f'<a href="{rel}">{html.escape(path.name)}</a>'
+
+
+def _content_html(content, root: Path) -> str:
+    if isinstance(content, str):
+        return html.escape(content)
+    return " ".join(" ".join(_media_html(p, root) for p in part.paths) if isinstance(part, MediaRef) else html.escape(part)
+                    for part in content)
+
+
+def gallery(demo: Path, checkpoint: str, suite: str, samples: int) -> str:
+    """The first `samples` test items of a suite: prompt, the checkpoint's reply (text and
+    the media it wrote) and the reference reply. Replies are in test-item order."""
+    replies_dir = demo / "eval" / checkpoint / "replies"
+    replies = _read_jsonl(replies_dir / f"{suite}.jsonl")[:samples]
+    manifest = demo / "world" / "eval" / f"{suite}.jsonl"
+    if not replies or not manifest.is_file():
+        return ""
+    rows = []
+    for record, reply in zip(read_manifest(manifest), replies):
+        messages = list(record.messages)
+        reference = messages.pop()[1] if messages and messages[-1][0] == "assistant" else ""
+        prompt = "<br>".join(f"<b>{role}</b>: {_content_html(c, demo)}" for role, c in messages)
+        media = sorted(p for p in (replies_dir / suite).glob(f"{reply['id']}_*") if p.suffix != ".txt")
+        shown = html.escape(reply["text"]) + " " + " ".join(_media_html(p, demo) for p in media)
+        rows.append(f"<tr><td>{prompt}</td><td>{shown}</td><td>{_content_html(reference, demo)}</td></tr>")
+    return "<table class='gallery'><tr><th>prompt</th><th>reply</th><th>reference</th></tr>" + "".join(rows) + "</table>"
+
+
+# ---------------------------------------------------------------- the page
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+td, th { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }
+.met { background: #e6f4e6; } .missed { background: #fbe9e9; }
+img.media, video.media { width: 96px; image-rendering: pixelated; margin: 2px; }
+.gallery td { max-width: 380px; }
+.chart { margin: 0 1em 1em 0; }
+"""
+
+
+def _metric_table(checkpoints: dict[str, dict]) -> str:
+    suites = list(dict.fromkeys(s for result in checkpoints.values() for s in result.get("suites", {})))
+    head = "".join(f"<th>{c}</th>" for c in checkpoints)
+    rows = []
+    for suite in suites:
+        cells = []
+        for result in checkpoints.values():
+            scores = result.get("suites", {}).get(suite)
+            reason = result.get("skipped", {}).get(suite)
+            if scores is None:
+                cells.append(f"<td><i>{html.escape(reason or 'not run')}</i></td>")
+            else:
+                cells.append("<td>" + "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in scores.items()) + "</td>")
+        rows.append(f"<tr><td>{suite}</td>{''.join(cells)}</tr>")
+    return f"<table><tr><th>suite</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _target_table(targets: list[dict]) -> str:
+    rows = []
+    for t in targets:
+        css = {True: "met", False: "missed"}.get(t["met"], "")
+        verdict = {True: "met", False: "missed"}.get(t["met"], "not measured")
+        rows.append(f"<tr class='{css}'><td>{html.escape(t['label'])}</td><td>{t['suite']}.{t['metric']}</td>"
+                    f"<td>{t['op']} {_fmt(t['bound'])}</td><td>{_fmt(t['value'])}</td><td>{verdict}</td></tr>")
+    return ("<table><tr><th>target</th><th>metric</th><th>bound</th><th>instruct</th><th></th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def write_report(demo: str | Path, preset: str, run_dirs: list[str], samples: int = 4) -> tuple[Path, Path]:
+    """Write `report.html` and `metrics.json` into the demo directory; returns their paths."""
+    demo = Path(demo)
+    state = _read_json(demo / "demo_state.json")
+    steps = {name: info["seconds"] for name, info in state.get("steps", {}).items()}
+    checkpoints = {c: _read_json(demo / "eval" / c / "metrics.json") for c in CHECKPOINTS}
+    instruct = checkpoints["instruct"].get("suites", {})
+    targets = [t.check(instruct.get(t.suite)) for t in TARGETS]
+    tokenizers = {kind: _read_json(demo / "tokenizers" / kind / "metrics.json") for kind in ("image", "speech")}
+    metrics = {
+        "preset": preset,
+        "checkpoints": {c: r.get("suites", {}) for c, r in checkpoints.items()},
+        "skipped": {c: r.get("skipped", {}) for c, r in checkpoints.items()},
+        "targets": targets,
+        "steps": steps,
+        "total_seconds": round(sum(steps.values()), 1),
+        "tokenizers": {k: {m: v for m, v in t.items() if isinstance(v, (int, float))} for k, t in tokenizers.items()},
+    }
+    metrics_path = demo / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=1))
+
+    body = [f"<h1>MIO demo ({html.escape(preset)} preset)</h1>",
+            f"<p>Total step time {sum(steps.values()) / 60:.1f} min. Machine-readable: <a href='metrics.json'>metrics.json</a>.</p>",
+            "<h2>Steps</h2><table><tr><th>step</th><th>seconds</th></tr>"
+            + "".join(f"<tr><td>{n}</td><td>{s:.1f}</td></tr>" for n, s in steps.items()) + "</table>",
+            "<h2>Quality targets (instruct checkpoint)</h2>", _target_table(targets),
+            "<h2>Evaluation: base (after Stage III) and instruct (after SFT)</h2>", _metric_table(checkpoints),
+            "<h2>Tokenizers</h2><table><tr><th>tokenizer</th><th>held-out metrics</th></tr>"
+            + "".join(f"<tr><td>{k}</td><td>" + ", ".join(f"{m} {_fmt(v)}" for m, v in t.items()) + "</td></tr>"
+                      for k, t in metrics["tokenizers"].items()) + "</table>",
+            "<h2>Training loss (the paper's Figure 2)</h2>"]
+    for run_dir in run_dirs:
+        records = _read_jsonl(Path(run_dir) / "metrics.jsonl")
+        name = Path(run_dir).name
+        body.append(svg_chart(loss_series(records, "loss_"), f"{name}: loss by modality of the predicted token"))
+        body.append(svg_chart(loss_series(records, "loss/"), f"{name}: loss by data type"))
+    for checkpoint in CHECKPOINTS:
+        suites = checkpoints[checkpoint].get("suites", {})
+        if not suites:
+            continue
+        body.append(f"<h2>Gallery: {checkpoint}</h2>")
+        for suite in suites:
+            table = gallery(demo, checkpoint, suite, samples)
+            if table:
+                body.append(f"<h3>{suite}</h3>{table}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>MIO demo</title><style>{STYLE}</style></head>"
+            f"<body>{''.join(body)}</body></html>")
+    report_path = demo / "report.html"
+    report_path.write_text(page)
+    return report_path, metrics_path

@@ -1,0 +1,110 @@
+"""`mio demo --preset smoke`: the whole recipe runs, writes the report, and resumes after a
+failure from the first unfinished step."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mio import demo as demo_lib
+from mio.cli import main
+from mio.config import ConfigError
+from mio.train import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ["world", "image_tokenizer", "speech_tokenizer", "text_tokenizer", "prepare",
+         "stage1", "stage2", "stage3", "sft", "eval_base", "eval_instruct", "report"]
+
+
+def test_smoke_demo_runs_end_to_end_and_resumes_after_a_failure(tmp_path, monkeypatch):
+    out = tmp_path / "demo"
+    cfg = demo_lib.load_demo_config(demo_lib.preset_path("smoke"))
+    original = demo_lib.Demo.step_stage
+    calls = {"world": 0}
+
+    def failing_stage(self, index):
+        if self.stage_names[index] == "stage2":
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during Stage II
+        return original(self, index)
+
+    monkeypatch.setattr(demo_lib.Demo, "step_stage", failing_stage)
+    with pytest.raises(KeyboardInterrupt):
+        demo_lib.run_demo(cfg, out, "smoke")
+    state = json.loads((out / demo_lib.STATE_FILE).read_text())
+    assert list(state["steps"]) == STEPS[:6]
+
+    # Run again: finished steps are skipped (the world is not rebuilt), the rest complete.
+    monkeypatch.setattr(demo_lib.Demo, "step_stage", original)
+    original_world = demo_lib.Demo.step_world
+
+    def counting_world(self):
+        calls["world"] += 1
+        return original_world(self)
+
+    monkeypatch.setattr(demo_lib.Demo, "step_world", counting_world)
+    assert main(["demo", "--preset", "smoke", "--out", str(out)]) == 0
+    assert calls["world"] == 0
+    state = json.loads((out / demo_lib.STATE_FILE).read_text())
+    assert list(state["steps"]) == STEPS
+    assert state["steps"]["stage1"]["seconds"] > 0
+
+    # The stages ran the paper's recipe: Stage II/III/SFT started from the previous stage,
+    # and Stage III read the speech pairs prepared with the Stage III ASR template.
+    runs = {s: json.loads((out / "runs" / s / "run.json").read_text()) for s in ("stage1", "stage2", "stage3", "sft")}
+    assert runs["stage2"]["config"]["init_from"].endswith("runs/stage1")
+    assert runs["sft"]["config"]["init_from"].endswith("runs/stage3")
+    assert runs["stage3"]["config"]["data"]["sources"]["speech_text_pair"].endswith("shards/stage3/speech_text_pair")
+    assert set(runs["stage1"]["data_shares"]) == {"image_text_pair", "language", "speech_text_pair"}
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["preset"] == "smoke"
+    assert set(metrics["checkpoints"]) == {"base", "instruct"}
+    assert len(metrics["checkpoints"]["instruct"]) + len(metrics["skipped"]["instruct"]) == 18
+    assert "text_mcq" in metrics["checkpoints"]["base"]
+    assert set(metrics["steps"]) >= set(STEPS[:-1])
+    assert {t["suite"] for t in metrics["targets"]} >= {"image_captioning", "asr", "tts", "icl", "covt"}
+
+    page = (out / "report.html").read_text()
+    for heading in ("Quality targets", "Evaluation", "Training loss", "Gallery: instruct"):
+        assert heading in page
+    assert "<svg" in page and "<polyline" in page
+    # Every media file the page links to exists, relative to the page.
+    links = re.findall(r'src="([^"]+)"', page)
+    assert any(link.endswith(".png") for link in links)
+    for link in links:
+        assert (out / link).is_file(), link
+
+    # Finished: a third run does nothing but say so.
+    assert main(["demo", "--preset", "smoke", "--out", str(out)]) == 0
+
+
+def test_every_preset_and_toy_stage_config_parses():
+    for preset in demo_lib.PRESETS:
+        cfg = demo_lib.load_demo_config(demo_lib.preset_path(preset))
+        for stage in cfg.stages:
+            assert Path(stage).is_file()
+            load_config(stage, cfg.stage_overrides)
+        for path in (cfg.world, cfg.image_tokenizer, cfg.speech_tokenizer):
+            assert Path(path).is_file(), path
+
+
+def test_demo_refuses_another_presets_directory_and_bad_configs(tmp_path):
+    (tmp_path / demo_lib.STATE_FILE).write_text(json.dumps({"preset": "default", "steps": {"world": {"seconds": 1}}}))
+    with pytest.raises(ValueError, match="preset 'default'"):
+        demo_lib.DemoState(tmp_path, "smoke")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('world = "w.toml"\nimage_tokenizer = "i.toml"\nspeech_tokenizer = "s.toml"\nstages = []\nunknown_key = 1\n')
+    with pytest.raises(ConfigError, match="unknown_key"):
+        demo_lib.load_demo_config(bad)
+    with pytest.raises(ValueError, match="unknown preset"):
+        demo_lib.preset_path("huge")
+
+
+def test_time_left_rescales_the_estimates_by_the_finished_steps(tmp_path):
+    state = demo_lib.DemoState(tmp_path, "x")
+    estimates = {"a": 10.0, "b": 20.0}
+    assert demo_lib.time_left(["a", "b"], state, estimates) == 30.0
+    state.finish("a", 20.0)  # twice as slow as estimated
+    assert demo_lib.time_left(["a", "b"], state, estimates) == 40.0
+    assert demo_lib.time_left(["a", "b"], state, {}) is None
