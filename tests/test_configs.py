@@ -25,6 +25,10 @@ def config_class(path: Path):
         from mio.toyworld.world import WorldConfig
 
         return WorldConfig
+    if kind == "demo":
+        from mio.demo import DemoConfig
+
+        return DemoConfig
     return TrainConfig
 
 
