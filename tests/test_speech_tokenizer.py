@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,13 @@ from mio import config as config_lib
 from mio.tokenizers.audio import AudioError, load_audio
 from mio.tokenizers.base import SpeechTokenizer, load_tokenizer
 from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
-from mio.tokenizers.speech_train import SpeechTrainConfig, ctc_greedy, text_to_labels, train_from_config
+from mio.tokenizers.speech_train import (
+    SpeechTrainConfig,
+    ctc_greedy,
+    length_bucketed_batches,
+    text_to_labels,
+    train_from_config,
+)
 from mio.toyworld.speech_synth import Voice, synthesize
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
@@ -90,6 +97,37 @@ def test_input_handling(trained, speech):
     assert torch.equal(tok.encode(speech * 0.05, 16000), codes)  # level is normalised
 
 
+def test_feature_normalisation_roundtrip(trained, speech):
+    """The encoder sees per-bin standardised log-mels and the decoder's output is mapped back to
+    log-magnitudes with the training statistics, which are saved with the weights."""
+    tok = load_tokenizer(trained[0])
+    codec = tok.codec
+    assert not torch.allclose(codec.mel_std, torch.ones_like(codec.mel_std))  # fitted, saved, loaded
+    log_mag, log_mel = codec.features(torch.from_numpy(speech)[None])
+    mask = torch.ones(1, log_mag.shape[-1], dtype=torch.bool)
+    codec.fit_normalization(log_mag, log_mel, mask)
+    normalised = (log_mel - codec.mel_mean[:, None]) / codec.mel_std[:, None]
+    torch.testing.assert_close(normalised.mean(-1)[0], torch.zeros(normalised.shape[1]), atol=1e-4, rtol=0)
+    varying = log_mel.std(-1)[0] > 1e-2  # bins always at the floor keep std clamped
+    torch.testing.assert_close(normalised.std(-1)[0][varying], torch.ones(int(varying.sum())), atol=1e-3, rtol=0)
+    # The mean log-mel is what the encoder network sees as all zeros.
+    mean_mel = codec.mel_mean[None, :, None].expand(1, -1, 2 * tok.config.downsample)
+    torch.testing.assert_close(
+        codec.encode_latent(mean_mel), codec.encoder(torch.zeros_like(mean_mel)).transpose(1, 2)
+    )
+    # The decoder's channel k * F + f is bin f of spectral frame k of its code frame, in
+    # standardised units: with output k everywhere, frame t * ds + k is mean + k * std.
+    ds, n_freq = tok.config.downsample, log_mag.shape[1]
+    last = codec.decoder[-1]
+    torch.nn.init.zeros_(last.weight)
+    last.bias.data = torch.arange(ds).float().repeat_interleave(n_freq)
+    out = codec.decode_log_magnitude(torch.randn(1, 3, tok.config.latent_dim))
+    assert out.shape == (1, n_freq, 3 * ds)
+    k = torch.arange(ds).repeat(3)
+    expected = codec.magnitude_mean[:, None] + k[None] * codec.magnitude_std[:, None]
+    torch.testing.assert_close(out[0], expected)
+
+
 @pytest.mark.parametrize(
     "wave, match",
     [
@@ -130,6 +168,16 @@ def test_load_audio(tmp_path, speech):
         load_audio(junk)
     with pytest.raises(FileNotFoundError):
         load_audio(tmp_path / "missing.wav")
+
+
+def test_length_bucketed_batches():
+    lengths = [random.Random(i).randrange(100, 400) for i in range(100)]
+    batches = length_bucketed_batches(lengths, 8, 4, random.Random(0))
+    assert len(batches) == 12 and all(len(b) == 8 for b in batches)  # full batches only
+    assert len({i for b in batches for i in b}) == 96  # each utterance at most once per epoch
+    padded = sum(8 * max(lengths[i] for i in b) for b in batches)
+    random_padded = sum(8 * max(lengths[i] for i in b) for b in length_bucketed_batches(lengths, 8, 1, random.Random(0)))
+    assert padded < 0.8 * random_padded
 
 
 def test_ctc_helpers():

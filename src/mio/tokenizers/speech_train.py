@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 PROBE_LR = 1e-2
 PROBE_WEIGHT_DECAY = 1e-3
 STD_FLOOR = 1e-6
+NORMALIZATION_UTTERANCES = 256
+"""Training utterances the per-bin feature statistics are measured on (random voices and texts)."""
 
 
 @dataclass
@@ -60,6 +62,9 @@ class SpeechTrainConfig:
     """Peak AdamW learning rate (linear warmup, cosine decay)."""
     warmup_steps: int = 50
     """Linear warmup steps."""
+    bucket_batches: int = 32
+    """Batches drawn from each length-sorted pool of shuffled utterances (1: random batches);
+    utterances of similar length batched together waste less compute on padding."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     grad_clip: float = 1.0
@@ -89,8 +94,10 @@ class SpeechTrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError on inconsistent values."""
-        if self.steps < 1 or self.batch_size < 1 or self.train_utterances < self.batch_size:
-            raise ValueError("steps >= 1, batch_size >= 1 and train_utterances >= batch_size are required")
+        if self.steps < 1 or self.batch_size < 1 or self.bucket_batches < 1 or self.train_utterances < self.batch_size:
+            raise ValueError(
+                "steps >= 1, batch_size >= 1, bucket_batches >= 1 and train_utterances >= batch_size are required"
+            )
         if self.heldout_voices < 2 or self.heldout_utterances_per_voice < 2:
             raise ValueError("the speaker probe needs heldout_voices >= 2 and heldout_utterances_per_voice >= 2")
 
@@ -128,6 +135,22 @@ def ctc_greedy(log_probs: torch.Tensor, length: int) -> str:
             out.append(CTC_ALPHABET[c - 1])
         previous = c
     return "".join(out)
+
+
+def length_bucketed_batches(
+    lengths: list[int], batch_size: int, bucket_batches: int, rng: random.Random
+) -> list[list[int]]:
+    """One epoch of full batches in random order, each drawn from a length-sorted pool of
+    `bucket_batches` batches' worth of shuffled utterances, so that little of a batch is padding."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * bucket_batches
+    batches = []
+    for i in range(0, len(order), pool):
+        chunk = sorted(order[i : i + pool], key=lengths.__getitem__)
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def _batch(codec: SpeechCodec, utts: Utterances, idx: list[int]):
@@ -249,6 +272,9 @@ def _train(cfg: SpeechTrainConfig, out_dir: str | Path | None) -> tuple[Embedded
     )  # fmt: skip
 
     codec = SpeechCodec(cfg.model)
+    stats_idx = list(range(min(len(train_utts.waves), NORMALIZATION_UTTERANCES)))
+    log_mag, log_mel, spectral_mask, *_ = _batch(codec, train_utts, stats_idx)
+    codec.fit_normalization(log_mag, log_mel, spectral_mask)
     n_params = sum(p.numel() for p in codec.parameters())
     log.info("codec: %.2fM parameters, %g codes/s x %d layers", n_params / 1e6, cfg.model.frame_rate, cfg.model.num_layers)
     params = list(codec.parameters())
@@ -259,14 +285,14 @@ def _train(cfg: SpeechTrainConfig, out_dir: str | Path | None) -> tuple[Embedded
         params += list(adversary.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     codec.train()
-    order: list[int] = []
+    lengths = [len(w) for w in train_utts.waves]
+    batches: list[list[int]] = []
     start = time.perf_counter()
     running: dict[str, float] = {}
     for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            order = list(range(len(train_utts.waves)))
-            rng.shuffle(order)
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        if not batches:
+            batches = length_bucketed_batches(lengths, cfg.batch_size, cfg.bucket_batches, rng)
+        idx = batches.pop()
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
         losses = training_losses(codec, train_utts, idx, cfg, adversary, speaker_ids)
