@@ -36,7 +36,7 @@ def make_run_dir(directory: Path, text_tokenizer, run_json: bool = True) -> Path
         codebook_dim=8)).save(directory / "image_tokenizer")
     EmbeddedSpeechTokenizer(SpeechTokenizerConfig(
         frame_rate=25.0, codebook_size=SMALL_LAYOUT.speech_codebook_size, latent_dim=16, channels=32, blocks=1,
-        upsampled_channels=16, kmeans_iters=2, griffin_lim_iters=4)).save(directory / "speech_tokenizer")
+        kmeans_iters=2, griffin_lim_iters=4)).save(directory / "speech_tokenizer")
     if run_json:
         config = {"layout": dataclasses.asdict(SMALL_LAYOUT), "context_length": 400}
         (directory / "run.json").write_text(json.dumps({"config": config}))
