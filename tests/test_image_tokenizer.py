@@ -13,15 +13,25 @@ from PIL import Image
 
 from mio.config import load
 from mio.tokenizers.base import ImageTokenizer, load_tokenizer
-from mio.tokenizers.image import EmbeddedImageTokenizer, ImageFileError, ImageTokenizerConfig, open_image, to_rgb
+from mio.tokenizers.image import (
+    EmbeddedImageTokenizer,
+    ImageFileError,
+    ImageTokenizerConfig,
+    ImageTokenizerModel,
+    images_to_tensor,
+    open_image,
+    to_rgb,
+)
 from mio.tokenizers.image_train import (
     ImageTrainConfig,
     codebook_stats,
+    foreground_mask,
     load_images,
+    reconstruction_losses,
     reconstruction_quality,
     train_from_config,
 )
-from mio.toyworld.scenes import render, sample_scenes
+from mio.toyworld.scenes import Scene, SceneObject, render, sample_scenes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 TINY = CONFIGS / "image_tiny.toml"
@@ -175,3 +185,57 @@ def test_metric_helpers():
     noisy = Image.fromarray(np.clip(np.asarray(image).astype(int) + 3, 0, 255).astype(np.uint8))
     quality = reconstruction_quality([image], [noisy])
     assert 35 < quality["psnr"] < 45 and 0.9 < quality["ssim"] <= 1.0
+
+
+def _one_square() -> torch.Tensor:
+    """A 64x64 scene with one big red square in the centre cell, as a [1, 3, 64, 64] tensor."""
+    scene = Scene((SceneObject("square", "red", "big", 1, 1),), background=(230, 230, 230))
+    return images_to_tensor([render(scene, 64)], 64)
+
+
+def test_foreground_mask_marks_the_object_pixels():
+    pixels = _one_square()
+    mask = foreground_mask(pixels, 0.25)
+    red = (pixels[:, 0] > 0.5) & (pixels[:, 1] < 0)
+    assert mask.shape == (1, 1, 64, 64)
+    assert torch.equal(mask[:, 0].bool(), red)
+    assert 0.05 < mask.mean() < 0.15
+
+
+def test_pixel_loss_weighs_the_foreground_and_its_margin_more():
+    target = _one_square()
+    cfg = ImageTrainConfig(foreground_weight=5.0, foreground_dilation=2)
+    mask = foreground_mask(target, cfg.foreground_distance)
+    rows, cols = mask[0, 0].nonzero(as_tuple=True)
+    top, left = int(rows.min()), int(cols.min())
+    no_matte = torch.zeros(1, 1, 64, 64)
+
+    def loss_with_error_at(y: int, x: int) -> float:
+        recon = target.clone()
+        recon[0, :, y, x] += 0.5
+        return reconstruction_losses(recon, no_matte, target, cfg)[0].item()
+
+    inside, just_outside, far = loss_with_error_at(top, left + 3), loss_with_error_at(top - 1, left + 3), loss_with_error_at(1, 1)
+    assert inside == pytest.approx(6 * far)
+    assert just_outside == pytest.approx(inside)  # the margin: an edge weighs the same on both sides
+    plain = ImageTrainConfig(foreground_weight=0.0)
+    recon = target + 0.1
+    assert reconstruction_losses(recon, no_matte, target, plain)[0].item() == pytest.approx(0.01)
+
+
+def test_matte_loss_rewards_a_matte_on_the_foreground():
+    target = _one_square()
+    cfg = ImageTrainConfig()
+    mask = foreground_mask(target, cfg.foreground_distance)
+    right = reconstruction_losses(target, 8 * (2 * mask - 1), target, cfg)[1]
+    wrong = reconstruction_losses(target, -8 * (2 * mask - 1), target, cfg)[1]
+    assert right < 0.01 < 1 < wrong
+
+
+def test_decoder_returns_pixels_and_a_matte():
+    model = ImageTokenizerModel(load(ImageTrainConfig, TINY).model)
+    quantized = torch.randn(2, model.cfg.tokens_per_image, model.cfg.codebook_dim)
+    pixels, matte_logits = model.decode_with_matte(quantized)
+    side = model.cfg.image_size
+    assert pixels.shape == (2, 3, side, side) and matte_logits.shape == (2, 1, side, side)
+    assert torch.equal(model.decode_quantized(quantized), pixels)

@@ -10,13 +10,15 @@ vector quantizer, and back to pixels with a decoder. This module keeps that shap
           -> vector quantizer (vector-quantize-pytorch; k-means init, dead-code expiry)
           -> codes
     codes -> code embeddings -> transformer decoder: one learned query per patch,
-             cross-attending to the codes -> transposed-conv upsampling -> image
+             cross-attending to the codes -> conv upsampling -> foreground colour,
+             background colour and a matte -> image = background + matte * (foreground - background)
 
-Two departures from SEED, both to make a CPU-sized model learn quickly: a convolutional
-stem and upsampler, and a fixed Gaussian locality prior added to the cross-attention logits
+Three departures from SEED, all to make a CPU-sized model learn quickly: a convolutional
+stem and upsampler; a fixed Gaussian locality prior added to the cross-attention logits
 (`locality_bias`: query i starts out looking at its own region of the image, output patch j
-at the codes of its region). Measured honestly: with these, the embedded default still
-learns slowly (see `configs/tokenizer/image_default.toml` and the issue notes).
+at the codes of its region); and the matted output, whose matte training fits to the
+image's foreground with a classification loss, which draws sharp object edges far sooner
+than pixel MSE alone (see `image_train.py` and `configs/tokenizer/image_default.toml`).
 
 The causal Q-Former matters for MIO: code i depends only on queries <= i, so the left-to-
 right order the language model generates codes in is the order they were made in.
@@ -50,6 +52,8 @@ TOKENIZER_TYPE = "mio-image"
 DEFAULT_MAX_PIXELS = 64_000_000
 _MAX_16BIT = 65535.0
 _MAX_8BIT = 255.0
+# Decoder output channels per pixel: foreground RGB, background RGB, matte logit.
+DECODER_CHANNELS = 7
 
 
 class ImageFileError(ValueError):
@@ -125,6 +129,12 @@ def _transformer_layer(cfg: ImageTokenizerConfig, cross: bool) -> nn.Module:
     return kind(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
 
 
+def _conv_norm(channels: int) -> nn.Module:
+    """GroupNorm for the conv stages: with it they train stably at a high learning rate
+    (measured: no norm, BatchNorm or a per-pixel LayerNorm all learned slower)."""
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
 def locality_bias(tokens: int, grid: int, width: float) -> torch.Tensor:
     """Additive attention bias [tokens, grid*grid]: query i gets a home point on the image
     (queries tile it in raster order, rows x cols as square as possible) and a Gaussian
@@ -157,7 +167,7 @@ class ImageTokenizerModel(nn.Module):
         # Encoder over patches: a conv stem (each stage halves the resolution), then a ViT.
         stem, c_in = [], 3
         for c in cfg.conv_channels:
-            stem += [nn.Conv2d(c_in, c, kernel_size=4, stride=2, padding=1), nn.GELU()]
+            stem += [nn.Conv2d(c_in, c, kernel_size=4, stride=2, padding=1), _conv_norm(c), nn.GELU()]
             c_in = c
         self.stem = nn.Sequential(*stem, nn.Conv2d(c_in, w, kernel_size=1))
         self.patch_pos = nn.Parameter(torch.randn(1, n_patch, w) * 0.02)
@@ -193,9 +203,12 @@ class ImageTokenizerModel(nn.Module):
         self.decoder_norm = nn.LayerNorm(w)
         channels = list(reversed(cfg.conv_channels))
         up: list[nn.Module] = [nn.Conv2d(w, channels[0], kernel_size=1)]
-        for c_in, c_out in zip(channels, channels[1:] + channels[-1:]):
-            up += [nn.GELU(), nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1)]
-        up += [nn.GELU(), nn.Conv2d(channels[-1], 3, kernel_size=3, padding=1)]
+        for c_in, c_out in zip(channels, channels[1:]):
+            up += [_conv_norm(c_in), nn.GELU(), nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1)]
+        # The last doubling is a sub-pixel conv (each half-resolution pixel predicts its 2x2
+        # output pixels), so nothing runs at full resolution: that was most of a step's time.
+        up += [_conv_norm(channels[-1]), nn.GELU(),
+               nn.Conv2d(channels[-1], DECODER_CHANNELS * 4, kernel_size=3, padding=1), nn.PixelShuffle(2)]
         self.upsample = nn.Sequential(*up)
 
     def encode_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -215,17 +228,26 @@ class ImageTokenizerModel(nn.Module):
         """Codes [N, L] -> code vectors [N, L, codebook_dim] (what `quantize` returns for them)."""
         return self.quantizer.get_output_from_indices(codes)
 
-    def decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Code vectors [N, L, codebook_dim] -> pixels [N, 3, H, W] in [-1, 1] (unclamped)."""
+    def decode_with_matte(self, quantized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Code vectors [N, L, codebook_dim] -> (pixels [N, 3, H, W] in [-1, 1] (unclamped),
+        matte logits [N, 1, H, W]). The decoder paints a foreground colour over a background
+        colour through a sigmoid matte: colours can stay smooth, and the edges of objects are
+        the matte's, which a classification loss makes sharp (see `image_train`)."""
         cfg, n = self.cfg, quantized.shape[0]
         memory = self.from_code(quantized) + self.code_pos
         queries = self.pixel_queries.expand(n, -1, -1)
         grid = self.decoder_norm(self.decoder(queries, memory, memory_mask=self.patch_bias))
         side = cfg.image_size // cfg.patch_size
-        return self.upsample(grid.transpose(1, 2).reshape(n, cfg.width, side, side))
+        out = self.upsample(grid.transpose(1, 2).reshape(n, cfg.width, side, side))
+        foreground, background, matte_logits = out[:, :3], out[:, 3:6], out[:, 6:]
+        return background + torch.sigmoid(matte_logits) * (foreground - background), matte_logits
+
+    def decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Code vectors [N, L, codebook_dim] -> pixels [N, 3, H, W] in [-1, 1] (unclamped)."""
+        return self.decode_with_matte(quantized)[0]
 
     def forward(self, pixels: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor | None]:
-        """Training pass: reconstruction, codes, the quantized vectors and the VQ loss.
+        """Training pass: reconstruction, matte logits, codes, the quantized vectors and the VQ loss.
 
         `quantize=False` skips the quantizer (codes None): used for a continuous warm-up, so
         that the features differ between images before k-means initialises the codebook on
@@ -234,10 +256,12 @@ class ImageTokenizerModel(nn.Module):
         features = self.encode_features(pixels)
         if not quantize:
             continuous = self.to_code(features)
-            return {"reconstruction": self.decode_quantized(continuous), "codes": None,
+            reconstruction, matte_logits = self.decode_with_matte(continuous)
+            return {"reconstruction": reconstruction, "matte_logits": matte_logits, "codes": None,
                     "quantized": continuous, "commit_loss": features.new_zeros(())}
         quantized, codes, commit_loss = self.quantize(features)
-        return {"reconstruction": self.decode_quantized(quantized), "codes": codes,
+        reconstruction, matte_logits = self.decode_with_matte(quantized)
+        return {"reconstruction": reconstruction, "matte_logits": matte_logits, "codes": codes,
                 "quantized": quantized, "commit_loss": commit_loss}
 
 

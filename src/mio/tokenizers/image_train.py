@@ -1,9 +1,15 @@
 """Train and evaluate the embedded image tokenizer (`mio tokenizer train image CONFIG`).
 
-The objective is reconstruction (pixel MSE through the decoder) + the quantizer's
-commitment loss + a caption loss: a small head predicts the bag of caption words from the
-quantized codes, so the codes carry what the language model will talk about (colour, shape,
-size, place), not only pixels. The caption head is a training aid and is not saved.
+The objective is reconstruction + the quantizer's commitment loss + a caption loss: a small
+head predicts the bag of caption words from the quantized codes, so the codes carry what the
+language model will talk about (colour, shape, size, place), not only pixels. The caption
+head is a training aid and is not saved.
+
+Reconstruction is pixel MSE weighted towards the foreground (pixels far from the image's
+background, the median border colour, and a margin around them), plus a binary
+cross-entropy between the decoder's matte and that foreground mask. Plain MSE on these
+scenes is dominated by the uniform background (objects are a few percent of the pixels)
+and gives blurred, rounded, colour-shifted objects for thousands of steps.
 
 Data is a folder of images, a JSONL manifest (`{"image": path, "caption": str}` per line,
 paths relative to the manifest), or, with no data path, freshly rendered procedural scenes
@@ -80,6 +86,9 @@ class ImageTrainConfig:
     continuous_steps: int = 100
     """First steps train without quantization; the codebook is then k-means initialised on
     features that already tell images apart."""
+    kmeans_images: int = 1024
+    """Training images whose features initialise the codebook by k-means when quantization
+    starts (one batch holds fewer vectors than there are codes); 0: the first quantized batch."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     grad_clip: float = 1.0
@@ -88,6 +97,18 @@ class ImageTrainConfig:
     """Weight of the bag-of-caption-words loss on the quantized codes (0: off)."""
     caption_hidden: int = 256
     """Hidden size of the caption head."""
+    foreground_weight: float = 5.0
+    """Extra pixel-loss weight on the foreground and its margin (a pixel there weighs
+    1 + this; 0: plain MSE)."""
+    foreground_distance: float = 0.25
+    """A pixel is foreground when its RGB distance to the image's background (the median
+    border colour), in [-1, 1] pixel units, exceeds this."""
+    foreground_dilation: int = 2
+    """Pixels this close to the foreground get its weight too, so that an object's edge weighs
+    the same on both sides (weighting only the object pixels makes reconstructions grow them)."""
+    matte_weight: float = 1.0
+    """Weight of the binary cross-entropy between the decoder's matte and the foreground mask
+    (0: the matte is learned through the pixel loss only)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Refuse image files with more pixels than this."""
     log_every: int = 50
@@ -174,6 +195,34 @@ def caption_targets(captions: list[str | None]) -> tuple[list[str], torch.Tensor
     return words, targets, has_caption
 
 
+def foreground_mask(pixels: torch.Tensor, distance: float) -> torch.Tensor:
+    """Float mask [N, 1, H, W] of the pixels of `pixels` [N, 3, H, W] whose RGB distance to
+    their image's background, the median border colour, exceeds `distance`."""
+    border = torch.cat([pixels[:, :, 0], pixels[:, :, -1], pixels[:, :, :, 0], pixels[:, :, :, -1]], dim=2)
+    background = border.median(dim=2).values
+    return ((pixels - background[:, :, None, None]).norm(dim=1, keepdim=True) > distance).float()
+
+
+def reconstruction_losses(reconstruction: torch.Tensor, matte_logits: torch.Tensor, target: torch.Tensor,
+                          cfg: ImageTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(foreground-weighted pixel MSE, matte binary cross-entropy) of a decoded batch against
+    its `target` images (see the module docstring)."""
+    foreground = foreground_mask(target, cfg.foreground_distance)
+    margin = cfg.foreground_dilation
+    near = F.max_pool2d(foreground, 2 * margin + 1, stride=1, padding=margin) if margin else foreground
+    weight = 1 + cfg.foreground_weight * near
+    pixel = ((reconstruction - target).pow(2) * weight).sum() / (weight.sum() * target.shape[1])
+    return pixel, F.binary_cross_entropy_with_logits(matte_logits, foreground)
+
+
+@torch.no_grad()
+def _init_codebook(model: ImageTokenizerModel, pixels: torch.Tensor, device: torch.device, chunk: int = 256) -> None:
+    """Run the (not yet initialised) quantizer once on the features of `pixels`: it
+    initialises its codebook by k-means on them."""
+    features = [model.encode_features(pixels[i : i + chunk].to(device)) for i in range(0, len(pixels), chunk)]
+    model.quantize(torch.cat(features))
+
+
 def _lr_factor(step: int, cfg: ImageTrainConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -203,9 +252,11 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=generator)
         batch = pixels[idx].to(device)
         quantizing = step >= cfg.continuous_steps
+        if step == cfg.continuous_steps and cfg.kmeans_images:
+            _init_codebook(model, pixels[torch.randperm(len(pixels), generator=generator)[: cfg.kmeans_images]], device)
         out = model(batch, quantize=quantizing)
-        recon = F.mse_loss(out["reconstruction"], batch)
-        loss = recon + out["commit_loss"]
+        recon, matte = reconstruction_losses(out["reconstruction"], out["matte_logits"], batch, cfg)
+        loss = recon + cfg.matte_weight * matte + out["commit_loss"]
         caption_loss = torch.zeros((), device=device)
         if head is not None:
             mask = has_caption[idx].to(device)
@@ -221,8 +272,8 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             used = out["codes"].unique().numel() if quantizing else 0
             progress.set_postfix(recon=f"{recon.item():.4f}", codes=used)
-            log.info("step %d/%d  recon %.4f  commit %.4f  caption %.4f  codes in batch %d  (%s)",
-                     step + 1, cfg.steps, recon.item(), out["commit_loss"].item(), caption_loss.item(), used,
+            log.info("step %d/%d  recon %.4f  matte %.4f  commit %.4f  caption %.4f  codes in batch %d  (%s)",
+                     step + 1, cfg.steps, recon.item(), matte.item(), out["commit_loss"].item(), caption_loss.item(), used,
                      progress.format_interval(progress.format_dict["elapsed"]))
     model.eval()
     return EmbeddedImageTokenizer(cfg.model, model, device=device)
