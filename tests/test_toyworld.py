@@ -57,10 +57,12 @@ def test_language_answers_are_right():
         q, a = text.qa(rng, "arithmetic")
         x, op, y = q.removeprefix("What is ").rstrip("?").split()
         assert int(a) == (int(x) + int(y) if op == "plus" else int(x) - int(y))
-    item = text.mcq(random.Random(2))
-    layout = text.format_mcq(item)
-    assert layout.endswith("\nAnswer:") and len(set(item.options)) == 4
-    assert f"{item.letter}. {item.options[item.answer]}" in layout
+    mcq_rng = random.Random(2)
+    for _ in range(200):  # every family, colour answers included: four distinct options
+        item = text.mcq(mcq_rng)
+        layout = text.format_mcq(item)
+        assert layout.endswith("\nAnswer:") and len(set(item.options)) == 4, layout
+        assert f"{item.letter}. {item.options[item.answer]}" in layout
     assert text.document(random.Random(3)).strip()
     assert text.plural("cross") == "crosses" and text.plural("circle") == "circles"
 

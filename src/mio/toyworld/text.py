@@ -130,7 +130,7 @@ def mcq(rng: random.Random) -> MCQ:
     if answer.isdigit():
         options = _number_options(rng, int(answer))
     else:  # a colour: the other results of mixing plus one primary colour
-        pool = sorted(set(MIXES.values()) | {"red", "blue", "yellow"} - {answer})
+        pool = sorted((set(MIXES.values()) | {"red", "blue", "yellow"}) - {answer})
         options = [answer] + rng.sample(pool, len(OPTION_LETTERS) - 1)
     rng.shuffle(options)
     return MCQ(question, tuple(options), options.index(answer))
