@@ -178,3 +178,16 @@ def test_bad_inputs_are_clear_value_errors(mio, tmp_path):
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             mio.chat(**kwargs)
+
+
+def test_incomplete_model_directories_are_clear_errors(run_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        MIO.from_pretrained(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        MIO.from_pretrained(tmp_path)
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(run_dir, no_tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="has no text tokenizer"):
+        MIO.from_pretrained(no_tokenizer)

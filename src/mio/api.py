@@ -144,6 +144,8 @@ class MIO:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model directory not found: {path}")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a model directory: it has no config.json")
         tokenizer = load_text_tokenizer(path)
         image_tokenizer = _load_media_tokenizer(path, IMAGE_TOKENIZER_DIRS, "image")
         speech_tokenizer = _load_media_tokenizer(path, SPEECH_TOKENIZER_DIRS, "speech")

@@ -55,9 +55,15 @@ def build_text_tokenizer(texts: Iterable[str], vocab_size: int, layout: VocabLay
     return tok
 
 
+# Files `save_pretrained` writes; a released checkpoint has at least one of them.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
 def load_text_tokenizer(path: str | Path):
     """Load a tokenizer directory saved with `save_pretrained` (ours or a released one)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"text tokenizer directory not found: {path}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} has no text tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     return AutoTokenizer.from_pretrained(str(path))
