@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -25,10 +26,13 @@ from mio.tokenizers.image import (
 from mio.tokenizers.image_train import (
     ImageTrainConfig,
     codebook_stats,
+    finetune_decoder,
     foreground_mask,
+    ImageSet,
     load_images,
     reconstruction_losses,
     reconstruction_quality,
+    train,
     train_from_config,
 )
 from mio.toyworld.scenes import Scene, SceneObject, render, sample_scenes
@@ -238,4 +242,36 @@ def test_decoder_returns_pixels_and_a_matte():
     pixels, matte_logits = model.decode_with_matte(quantized)
     side = model.cfg.image_size
     assert pixels.shape == (2, 3, side, side) and matte_logits.shape == (2, 1, side, side)
-    assert torch.equal(model.decode_quantized(quantized), pixels)
+    # Decoding picks each pixel's foreground or background colour by the matte's side of 0.5...
+    out = model.decoder_outputs(quantized)
+    foreground, background, matte = out[:, :3], out[:, 3:6], out[:, 6:]
+    hard = model.decode_quantized(quantized)
+    assert torch.equal(hard, torch.where(matte > 0, foreground, background))
+    assert not torch.allclose(hard, pixels)
+    # ... and, without `hard_matte`, is the training-time blend.
+    soft = ImageTokenizerModel(dataclasses.replace(model.cfg, hard_matte=False))
+    soft.load_state_dict(model.state_dict())
+    assert torch.equal(soft.decode_quantized(quantized), pixels)
+
+
+def test_decoder_finetuning_trains_only_the_decoder_on_frozen_codes():
+    cfg = dataclasses.replace(load(ImageTrainConfig, TINY), steps=4)
+    images = [render(s, cfg.model.image_size) for s in sample_scenes(32, seed=5)]
+    pixels = images_to_tensor(images, cfg.model.image_size)
+    model = train(cfg, ImageSet(images, [None] * len(images))).model
+    before = {k: v.clone() for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    codes = model.quantize(model.encode_features(pixels))[1]
+
+    def loss() -> float:
+        with torch.no_grad():
+            return sum(reconstruction_losses(*model.decode_with_matte(model.embed_codes(codes)), pixels, cfg)).item()
+
+    start = loss()
+    finetune_decoder(model, pixels, dataclasses.replace(cfg, decoder_steps=30, decoder_lr=3e-3), torch.Generator().manual_seed(0))
+    decoder = {id(p) for p in model.decoder_parameters()}
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]) != (id(param) in decoder), name
+    for name, buffer in model.named_buffers():  # the codebook and its EMA statistics
+        assert torch.equal(buffer, before[name]), name
+    assert torch.equal(model.quantize(model.encode_features(pixels))[1], codes)
+    assert loss() < start

@@ -99,6 +99,11 @@ class ImageTokenizerConfig:
     """Initialise the codebook with k-means on the first training batch."""
     dead_code_threshold: float = 1.0
     """Codes whose EMA usage count falls below this are replaced by batch vectors (0: off)."""
+    hard_matte: bool = True
+    """Decode with a thresholded matte: every pixel is the decoder's foreground or background
+    colour, never the soft blend used in training (whose half-transparent fringes round
+    small shapes' corners and shift their colours; measured on the default tokenizer: pixel
+    judge exact 0.62 soft -> 0.72 hard on the same weights, 512 held-out scenes)."""
 
     def validate(self) -> None:
         if not self.conv_channels:
@@ -211,6 +216,11 @@ class ImageTokenizerModel(nn.Module):
                nn.Conv2d(channels[-1], DECODER_CHANNELS * 4, kernel_size=3, padding=1), nn.PixelShuffle(2)]
         self.upsample = nn.Sequential(*up)
 
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the pixel decoder (codes -> pixels), for decoder fine-tuning."""
+        modules = (self.from_code, self.decoder, self.decoder_norm, self.upsample)
+        return [self.code_pos, self.pixel_queries] + [p for m in modules for p in m.parameters()]
+
     def encode_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels -> continuous query outputs [N, tokens_per_image, width] (before VQ)."""
         patches = self.stem(pixels).flatten(2).transpose(1, 2) + self.patch_pos
@@ -228,23 +238,33 @@ class ImageTokenizerModel(nn.Module):
         """Codes [N, L] -> code vectors [N, L, codebook_dim] (what `quantize` returns for them)."""
         return self.quantizer.get_output_from_indices(codes)
 
-    def decode_with_matte(self, quantized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Code vectors [N, L, codebook_dim] -> (pixels [N, 3, H, W] in [-1, 1] (unclamped),
-        matte logits [N, 1, H, W]). The decoder paints a foreground colour over a background
-        colour through a sigmoid matte: colours can stay smooth, and the edges of objects are
-        the matte's, which a classification loss makes sharp (see `image_train`)."""
+    def decoder_outputs(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Code vectors [N, L, codebook_dim] -> the decoder's maps [N, 7, H, W]: foreground
+        RGB, background RGB (both in [-1, 1], unclamped) and the matte logit."""
         cfg, n = self.cfg, quantized.shape[0]
         memory = self.from_code(quantized) + self.code_pos
         queries = self.pixel_queries.expand(n, -1, -1)
         grid = self.decoder_norm(self.decoder(queries, memory, memory_mask=self.patch_bias))
         side = cfg.image_size // cfg.patch_size
-        out = self.upsample(grid.transpose(1, 2).reshape(n, cfg.width, side, side))
+        return self.upsample(grid.transpose(1, 2).reshape(n, cfg.width, side, side))
+
+    def decode_with_matte(self, quantized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Code vectors -> (pixels [N, 3, H, W] in [-1, 1] (unclamped), matte logits
+        [N, 1, H, W]) for training. The decoder paints a foreground colour over a background
+        colour through a sigmoid matte: colours can stay smooth, and the edges of objects are
+        the matte's, which a classification loss makes sharp (see `image_train`)."""
+        out = self.decoder_outputs(quantized)
         foreground, background, matte_logits = out[:, :3], out[:, 3:6], out[:, 6:]
         return background + torch.sigmoid(matte_logits) * (foreground - background), matte_logits
 
     def decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Code vectors [N, L, codebook_dim] -> pixels [N, 3, H, W] in [-1, 1] (unclamped)."""
-        return self.decode_with_matte(quantized)[0]
+        """Code vectors [N, L, codebook_dim] -> pixels [N, 3, H, W] in [-1, 1] (unclamped).
+        With `hard_matte` each pixel takes the foreground or the background colour, whichever
+        side of 0.5 its matte is on, instead of the training-time blend."""
+        if not self.cfg.hard_matte:
+            return self.decode_with_matte(quantized)[0]
+        out = self.decoder_outputs(quantized)
+        return torch.where(out[:, 6:] > 0, out[:, :3], out[:, 3:6])
 
     def forward(self, pixels: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor | None]:
         """Training pass: reconstruction, matte logits, codes, the quantized vectors and the VQ loss.

@@ -89,6 +89,12 @@ class ImageTrainConfig:
     kmeans_images: int = 1024
     """Training images whose features initialise the codebook by k-means when quantization
     starts (one batch holds fewer vectors than there are codes); 0: the first quantized batch."""
+    decoder_steps: int = 0
+    """Steps after `steps` that train only the pixel decoder on the frozen encoder's codes
+    (codebook fixed), so it learns to draw exactly the codes it will be given; these steps
+    cost about half a full step."""
+    decoder_lr: float = 1e-3
+    """Peak learning rate of the decoder fine-tuning (cosine decay to 10%)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     grad_clip: float = 1.0
@@ -121,6 +127,8 @@ class ImageTrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
+        if self.decoder_steps < 0:
+            raise ValueError("decoder_steps must be >= 0")
         if not self.data and self.scenes < 1:
             raise ValueError("with no data path, scenes must be positive")
 
@@ -275,8 +283,40 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
             log.info("step %d/%d  recon %.4f  matte %.4f  commit %.4f  caption %.4f  codes in batch %d  (%s)",
                      step + 1, cfg.steps, recon.item(), matte.item(), out["commit_loss"].item(), caption_loss.item(), used,
                      progress.format_interval(progress.format_dict["elapsed"]))
+    if cfg.decoder_steps:
+        finetune_decoder(model, pixels, cfg, generator)
     model.eval()
     return EmbeddedImageTokenizer(cfg.model, model, device=device)
+
+
+def finetune_decoder(model: ImageTokenizerModel, pixels: torch.Tensor, cfg: ImageTrainConfig,
+                     generator: torch.Generator) -> None:
+    """Train the decoder alone for `cfg.decoder_steps` on the codes of the trained encoder.
+
+    The model stays in eval mode throughout, so the quantizer neither updates nor expires
+    codes: the decoder sees exactly the codes `encode` will give it."""
+    device = next(model.parameters()).device
+    params = model.decoder_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=cfg.weight_decay)
+    steps = cfg.decoder_steps
+    cosine = lambda s: LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    model.eval()
+    progress = tqdm(range(steps), desc="image decoder", unit="step", mininterval=5.0)
+    for step in progress:
+        batch = pixels[torch.randint(len(pixels), (cfg.batch_size,), generator=generator)].to(device)
+        with torch.no_grad():
+            quantized, _, _ = model.quantize(model.encode_features(batch))
+        recon, matte = reconstruction_losses(*model.decode_with_matte(quantized), batch, cfg)
+        loss = recon + cfg.matte_weight * matte
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if step % cfg.log_every == 0 or step == steps - 1:
+            progress.set_postfix(recon=f"{recon.item():.4f}")
+            log.info("decoder step %d/%d  recon %.4f  matte %.4f", step + 1, steps, recon.item(), matte.item())
 
 
 def codebook_stats(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
@@ -344,7 +384,7 @@ def train_from_config(config_path: str | Path, out_dir: str | Path | None = None
     tokenizer = train(cfg, train_set)
     train_seconds = time.perf_counter() - start
     tokenizer.save(out)
-    metrics = {**evaluate(tokenizer, val_set), "train_seconds": train_seconds, "steps": cfg.steps,
+    metrics = {**evaluate(tokenizer, val_set), "train_seconds": train_seconds, "steps": cfg.steps, "decoder_steps": cfg.decoder_steps,
                "train_images": len(train_set.images)}
     (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
     (out / TRAIN_CONFIG_NAME).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
