@@ -181,3 +181,17 @@ def test_unknown_suite_and_missing_world_are_clear_errors(model, tmp_path):
         harness.evaluate(model, "run", tmp_path, ["nope"])
     with pytest.raises(FileNotFoundError, match="mio toyworld"):
         harness.evaluate(model, "run", tmp_path, ["image_qa"])
+
+
+def test_spoken_reply_budget_follows_the_longest_reference(world, model):
+    for suite in SPEAKING:
+        items = suites.load_items(world, suite)
+        longest = max(len(s.wave) / s.sample_rate for i in items for s in i.reference)
+        assert suites.reply_seconds(items) == pytest.approx(min(suites.MAX_SPEECH_SECONDS, 1.5 * longest))
+    # Without a reference for every item, the fixed maximum.
+    items = suites.load_items(world, "tts")
+    items[0] = dataclasses.replace(items[0], reference=[])
+    assert suites.reply_seconds(items) == suites.MAX_SPEECH_SECONDS
+    runner = Runner(model)
+    frames = model.speech_tokenizer.frame_rate
+    assert runner.speech_tokens(2.0) == 2 * int(frames) * model.vocab.layout.speech_layers + suites.BLOCK_OVERHEAD

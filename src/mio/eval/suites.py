@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -55,6 +56,10 @@ BLOCK_OVERHEAD = 4
 """Block delimiters and the stop token."""
 MAX_SPEECH_SECONDS = 6.0
 """Longest spoken reply asked for (every toyworld utterance is shorter)."""
+SPEECH_BUDGET_HEADROOM = 1.5
+"""A suite's spoken replies may be this many times as long as its longest reference reply
+(an undertrained model that never closes its speech block would otherwise run every row to
+MAX_SPEECH_SECONDS, which is most of the evaluation's time)."""
 DEFAULT_SPEECH_FRAME_RATE = 50.0
 ICL_MARKER = ICL_ANSWER.split("{")[0].strip()
 
@@ -137,11 +142,11 @@ class Runner:
         """Budget for `images` image blocks."""
         return images * (self.tokens_per_image + 2) + BLOCK_OVERHEAD
 
-    def speech_tokens(self) -> int:
-        """Budget for one spoken reply of up to MAX_SPEECH_SECONDS (all layers)."""
+    def speech_tokens(self, seconds: float = MAX_SPEECH_SECONDS) -> int:
+        """Budget for one spoken reply of up to `seconds` (all layers)."""
         tokenizer = getattr(self.model, "speech_tokenizer", None)
         rate = getattr(tokenizer, "frame_rate", None) or DEFAULT_SPEECH_FRAME_RATE
-        return int(MAX_SPEECH_SECONDS * rate) * self.model.vocab.layout.speech_layers + BLOCK_OVERHEAD
+        return math.ceil(seconds * rate) * self.model.vocab.layout.speech_layers + BLOCK_OVERHEAD
 
     def chat(self, suite: str, items: Sequence[EvalItem], prompts: Sequence[list[Message]] | None = None,
              output_modalities=None, max_new_tokens: int = SHORT_ANSWER_TOKENS) -> list[list[Segment]]:
@@ -334,16 +339,26 @@ def _judge_speech(items: list[EvalItem], replies, world: Path) -> dict:
     return result
 
 
+def reply_seconds(items: Sequence[EvalItem]) -> float:
+    """How long the suite's spoken replies may be: SPEECH_BUDGET_HEADROOM x its longest
+    reference reply, at most MAX_SPEECH_SECONDS (which also stands in for missing references)."""
+    longest = [len(seg.wave) / seg.sample_rate for i in items for seg in i.reference if isinstance(seg, Speech)]
+    if len(longest) < len(items):
+        return MAX_SPEECH_SECONDS
+    return min(MAX_SPEECH_SECONDS, SPEECH_BUDGET_HEADROOM * max(longest))
+
+
 def _spoken(suite: str):
     def run(r: Runner, items: list[EvalItem], world: Path) -> dict:
         _needs_judge()
         if r.base and suite != "tts":
             _needs_instruct(r, suite)
+        budget = r.speech_tokens(reply_seconds(items))
         if r.base:
             prompts = [base_prompt(BASE_TEMPLATES["tts"], text=i.truth["text"]) for i in items]
-            replies = r.complete(suite, items, prompts, {"speech"}, r.speech_tokens())
+            replies = r.complete(suite, items, prompts, {"speech"}, budget)
         else:
-            replies = r.chat(suite, items, output_modalities={"speech"}, max_new_tokens=r.speech_tokens())
+            replies = r.chat(suite, items, output_modalities={"speech"}, max_new_tokens=budget)
         return _judge_speech(items, replies, world)
     run.__doc__ = f"{suite}: spoken replies transcribed by the Whisper judge."
     return run
