@@ -60,8 +60,11 @@ def test_smoke_demo_runs_end_to_end_and_resumes_after_a_failure(tmp_path, monkey
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["preset"] == "smoke"
     assert set(metrics["checkpoints"]) == {"base", "instruct"}
-    assert len(metrics["checkpoints"]["instruct"]) + len(metrics["skipped"]["instruct"]) == 18
-    assert "text_mcq" in metrics["checkpoints"]["base"]
+    # Each checkpoint's entry is its `mio eval --json` result (DESIGN's contract).
+    instruct, base = metrics["checkpoints"]["instruct"], metrics["checkpoints"]["base"]
+    assert len(instruct["suites"]) + len(instruct["skipped"]) == 18
+    assert "text_mcq" in base["suites"] and base["model"] and instruct["model"]
+    assert all(scores["n"] >= 1 for scores in instruct["suites"].values())
     assert set(metrics["steps"]) >= set(STEPS[:-1])
     assert {t["suite"] for t in metrics["targets"]} >= {"image_captioning", "asr", "tts", "icl", "covt"}
 

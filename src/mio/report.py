@@ -7,8 +7,10 @@
 - `report.html`: the time of every step, the metric table per checkpoint beside the quality
   targets, loss curves per stage, per modality and per data type (the paper's Figure 2),
   and per suite a gallery of prompts and replies (pictures, GIFs, audio players);
-- `metrics.json`: `{"preset", "checkpoints": {"base": {SUITE: {METRIC: v}}, "instruct": ...},
-  "skipped", "targets": [...], "steps": {STEP: seconds}, "total_seconds", "tokenizers"}`.
+- `metrics.json`: `{"preset", "checkpoints": {"base": <eval json>, "instruct": <eval json>},
+  "targets": [...], "steps": {STEP: seconds}, "total_seconds", "tokenizers"}`, where an eval
+  json is what `mio eval --json` writes (`{"suites": {SUITE: {METRIC: v, "n"}}, "model",
+  "skipped", ...}`, see `../shared/DESIGN.md`).
 
 Media are linked by relative path, so the demo directory can be moved or zipped as a whole.
 """
@@ -235,8 +237,7 @@ def write_report(demo: str | Path, preset: str, run_dirs: list[str], samples: in
     tokenizers = {kind: _read_json(demo / "tokenizers" / kind / "metrics.json") for kind in ("image", "speech")}
     metrics = {
         "preset": preset,
-        "checkpoints": {c: r.get("suites", {}) for c, r in checkpoints.items()},
-        "skipped": {c: r.get("skipped", {}) for c, r in checkpoints.items()},
+        "checkpoints": checkpoints,
         "targets": targets,
         "steps": steps,
         "total_seconds": round(sum(steps.values()), 1),
