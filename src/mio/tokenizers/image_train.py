@@ -231,11 +231,24 @@ def _init_codebook(model: ImageTokenizerModel, pixels: torch.Tensor, device: tor
     model.quantize(torch.cat(features))
 
 
+def _cosine(progress: float) -> float:
+    """Cosine decay from 1 to LR_FLOOR as `progress` goes from 0 to 1."""
+    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _lr_factor(step: int, cfg: ImageTrainConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+    return _cosine((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+
+
+def _update(loss: torch.Tensor, optimizer, scheduler, params: list, grad_clip: float) -> None:
+    """One optimizer step on `loss`, gradients clipped to `grad_clip`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
 
 
 def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
@@ -272,11 +285,7 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
                 logits = head(out["quantized"][mask])
                 caption_loss = F.binary_cross_entropy_with_logits(logits, targets[idx][has_caption[idx]].to(device))
                 loss = loss + cfg.caption_weight * caption_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        _update(loss, optimizer, scheduler, params, cfg.grad_clip)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             used = out["codes"].unique().numel() if quantizing else 0
             progress.set_postfix(recon=f"{recon.item():.4f}", codes=used)
@@ -299,8 +308,7 @@ def finetune_decoder(model: ImageTokenizerModel, pixels: torch.Tensor, cfg: Imag
     params = model.decoder_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=cfg.weight_decay)
     steps = cfg.decoder_steps
-    cosine = lambda s: LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s / steps))
     model.eval()
     progress = tqdm(range(steps), desc="image decoder", unit="step", mininterval=5.0)
     for step in progress:
@@ -309,11 +317,7 @@ def finetune_decoder(model: ImageTokenizerModel, pixels: torch.Tensor, cfg: Imag
             quantized, _, _ = model.quantize(model.encode_features(batch))
         recon, matte = reconstruction_losses(*model.decode_with_matte(quantized), batch, cfg)
         loss = recon + cfg.matte_weight * matte
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        _update(loss, optimizer, scheduler, params, cfg.grad_clip)
         if step % cfg.log_every == 0 or step == steps - 1:
             progress.set_postfix(recon=f"{recon.item():.4f}")
             log.info("decoder step %d/%d  recon %.4f  matte %.4f", step + 1, steps, recon.item(), matte.item())
