@@ -67,6 +67,11 @@ def test_smoke_demo_runs_end_to_end_and_resumes_after_a_failure(tmp_path, monkey
     assert all(scores["n"] >= 1 for scores in instruct["suites"].values())
     assert set(metrics["steps"]) >= set(STEPS[:-1])
     assert {t["suite"] for t in metrics["targets"]} >= {"image_captioning", "asr", "tts", "icl", "covt"}
+    # Nested tokenizer metrics come through under dotted keys, without the training config.
+    speech = metrics["tokenizers"]["speech"]
+    assert "heldout.layer1_ctc_cer" in speech and "train.seconds" in speech
+    assert not any(key.startswith("config.") for key in speech)
+    assert "judge_exact" in metrics["tokenizers"]["image"]
 
     page = (out / "report.html").read_text()
     for heading in ("Quality targets", "Evaluation", "Training loss", "Gallery: instruct"):

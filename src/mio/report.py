@@ -81,6 +81,18 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def numeric_leaves(data: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested metrics dict under dotted keys (`judge.wer_original`),
+    leaving out the training config a tokenizer's metrics.json also records."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "config":
+            out.update(numeric_leaves(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -241,7 +253,7 @@ def write_report(demo: str | Path, preset: str, run_dirs: list[str], samples: in
         "targets": targets,
         "steps": steps,
         "total_seconds": round(sum(steps.values()), 1),
-        "tokenizers": {k: {m: v for m, v in t.items() if isinstance(v, (int, float))} for k, t in tokenizers.items()},
+        "tokenizers": {k: numeric_leaves(t) for k, t in tokenizers.items()},
     }
     metrics_path = demo / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=1))
