@@ -76,6 +76,7 @@ def test_smoke_demo_runs_end_to_end_and_resumes_after_a_failure(tmp_path, monkey
     page = (out / "report.html").read_text()
     for heading in ("Quality targets", "Evaluation", "Training loss", "Gallery: instruct"):
         assert heading in page
+    assert "heldout.layer1_ctc_cer" in page and "codebook_usage.layer1" not in page
     assert "<svg" in page and "<polyline" in page
     # Every media file the page links to exists, relative to the page.
     links = re.findall(r'src="([^"]+)"', page)

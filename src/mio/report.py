@@ -27,6 +27,14 @@ from pathlib import Path
 from mio.data.manifest import MediaRef, read_manifest
 
 CHECKPOINTS = ("base", "instruct")
+# The tokenizer figures shown on the page (metrics.json keeps them all).
+TOKENIZER_HEADLINES = {
+    "image": ("judge_exact", "psnr", "ssim", "codebook_usage", "codebook_perplexity", "encode_images_per_s",
+              "decode_images_per_s", "train_seconds"),
+    "speech": ("judge.wer_reconstructed", "judge.wer_original", "heldout.layer1_ctc_cer",
+               "heldout.probe_speaker_accuracy.layer1", "heldout.probe_speaker_accuracy.layers2_4",
+               "heldout.encode_rtf", "heldout.decode_rtf", "train.seconds"),
+}
 CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 520, 220, 36
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
@@ -265,8 +273,8 @@ def write_report(demo: str | Path, preset: str, run_dirs: list[str], samples: in
             "<h2>Quality targets (instruct checkpoint)</h2>", _target_table(targets),
             "<h2>Evaluation: base (after Stage III) and instruct (after SFT)</h2>", _metric_table(checkpoints),
             "<h2>Tokenizers</h2><table><tr><th>tokenizer</th><th>held-out metrics</th></tr>"
-            + "".join(f"<tr><td>{k}</td><td>" + ", ".join(f"{m} {_fmt(v)}" for m, v in t.items()) + "</td></tr>"
-                      for k, t in metrics["tokenizers"].items()) + "</table>",
+            + "".join(f"<tr><td>{k}</td><td>" + ", ".join(f"{m} {_fmt(t[m])}" for m in TOKENIZER_HEADLINES[k] if m in t)
+                      + "</td></tr>" for k, t in metrics["tokenizers"].items()) + "</table>",
             "<h2>Training loss (the paper's Figure 2)</h2>"]
     for run_dir in run_dirs:
         records = _read_jsonl(Path(run_dir) / "metrics.jsonl")
