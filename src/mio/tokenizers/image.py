@@ -12,6 +12,7 @@ vector quantizer, and back to pixels with a decoder. This module keeps that shap
     codes -> code embeddings -> transformer decoder: one learned query per patch,
              cross-attending to the codes -> conv upsampling -> foreground colour,
              background colour and a matte -> image = background + matte * (foreground - background)
+             (in training; decoding thresholds the matte, see `hard_matte`)
 
 Three departures from SEED, all to make a CPU-sized model learn quickly: a convolutional
 stem and upsampler; a fixed Gaussian locality prior added to the cross-attention logits

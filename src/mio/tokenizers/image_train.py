@@ -11,6 +11,10 @@ cross-entropy between the decoder's matte and that foreground mask. Plain MSE on
 scenes is dominated by the uniform background (objects are a few percent of the pixels)
 and gives blurred, rounded, colour-shifted objects for thousands of steps.
 
+After the joint training, `decoder_steps` optionally train the decoder alone on the frozen
+encoder's codes (`finetune_decoder`), so that it learns to draw the exact codes it will be
+given rather than the moving targets of joint training.
+
 Data is a folder of images, a JSONL manifest (`{"image": path, "caption": str}` per line,
 paths relative to the manifest), or, with no data path, freshly rendered procedural scenes
 (`mio.toyworld.scenes`), whose known content lets the evaluation also score reconstructions
