@@ -226,10 +226,10 @@ class Demo:
     def step_speech_tokenizer(self) -> dict:
         from mio.tokenizers.speech_train import train_from_config
 
-        from mio.report import numeric_leaves
+        from mio.report import TOKENIZER_HEADLINES, numeric_leaves
 
         metrics = numeric_leaves(train_from_config(self.cfg.speech_tokenizer, self.tokenizers / "speech"))
-        return {k: v for k, v in metrics.items() if k.startswith(("judge.", "heldout.layer1_ctc_cer"))}
+        return {k: metrics[k] for k in TOKENIZER_HEADLINES["speech"] if k in metrics}
 
     def step_text_tokenizer(self) -> dict:
         from mio.tokenizers.text_train import TextTokenizerConfig, build
