@@ -224,9 +224,8 @@ class Demo:
         return {k: metrics[k] for k in ("psnr", "ssim", "judge_exact", "usage") if k in metrics}
 
     def step_speech_tokenizer(self) -> dict:
-        from mio.tokenizers.speech_train import train_from_config
-
         from mio.report import TOKENIZER_HEADLINES, numeric_leaves
+        from mio.tokenizers.speech_train import train_from_config
 
         metrics = numeric_leaves(train_from_config(self.cfg.speech_tokenizer, self.tokenizers / "speech"))
         return {k: metrics[k] for k in TOKENIZER_HEADLINES["speech"] if k in metrics}
