@@ -18,6 +18,7 @@ from mio.config import load
 from mio.eval import harness, speech_judge, suites
 from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
 from mio.model import ModelConfig, build_model
+from mio.segments import Text
 from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig
 from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
 from mio.toyworld import build
@@ -123,6 +124,22 @@ def test_reference_answers_get_full_marks(world, fake_whisper):
     for name in SPEAKING:  # the stand-in judge hears the same for reference and reply
         scores = run_suite(name, runner, world)
         assert scores["wer"] == scores["judge_wer_reference"] and scores["has_speech"] == 1.0
+
+
+class ConstantLetterRunner(OracleRunner):
+    """Answers every question with the letter D, as an untrained model often does."""
+
+    def _reply(self, item, output_modalities):
+        return [Text("The answer is D")]
+
+
+def test_mcq_reports_a_constant_answer(world):
+    truth = [json.loads(line)["answer"] for line in (world / "eval" / "text_mcq.truth.jsonl").read_text().splitlines()]
+    scores = run_suite("text_mcq", ConstantLetterRunner(SimpleNamespace(vocab=SimpleNamespace(layout=SMALL_LAYOUT))), world)
+    assert scores["top_letter_share"] == 1.0
+    assert scores["accuracy"] == pytest.approx(truth.count("D") / len(truth))
+    oracle = run_suite("text_mcq", OracleRunner(SimpleNamespace(vocab=SimpleNamespace(layout=SMALL_LAYOUT))), world)
+    assert oracle["top_letter_share"] == pytest.approx(max(truth.count(x) for x in "ABCD") / len(truth))
 
 
 @pytest.mark.skipif(not speech_judge.available(), reason=speech_judge.UNAVAILABLE_HINT)

@@ -8,7 +8,7 @@ schema, and `<suite>.truth.jsonl`), asks the model in batches through `mio.api.M
 
 | suite | metrics |
 |---|---|
-| text_mcq | MCQ accuracy |
+| text_mcq | MCQ accuracy; the share of replies giving the most common letter (1.0: a constant answer) |
 | image_captioning, video_captioning | CIDEr, attribute accuracy (video: change accuracy) |
 | image_qa, chart, video_understanding, speech_understanding, mcot | VQA accuracy |
 | image_generation, image_editing | judge exact rate, object recall, SSIM to the true render |
@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -226,7 +227,12 @@ def text_mcq(r: Runner, items: list[EvalItem]) -> dict:
         replies = r.complete("text_mcq", items, [[Text(i.truth["layout"])] for i in items], {"text"})
     else:
         replies = r.chat("text_mcq", items, output_modalities={"text"})
-    return {"accuracy": metrics.mean([metrics.mcq_letter(text_of(x)) == i.truth["answer"] for i, x in zip(items, replies)])}
+    letters = [metrics.mcq_letter(text_of(x)) for x in replies]
+    # A model that does not read the question answers one letter throughout; its accuracy is
+    # then that letter's share of the answer key, which can sit far above chance on few items.
+    top_letter = max(Counter(letters).values(), default=0)
+    return {"accuracy": metrics.mean([letter == i.truth["answer"] for i, letter in zip(items, letters)]),
+            "top_letter_share": top_letter / max(1, len(letters))}
 
 
 def _short_answers(suite: str):
