@@ -48,7 +48,7 @@ def trained(tmp_path_factory):
     return out, metrics
 
 
-@pytest.mark.parametrize("name", ["image_tiny.toml", "image_default.toml"])
+@pytest.mark.parametrize("name", ["image_tiny.toml", "image_default.toml", "image_long.toml", "image_xl.toml"])
 def test_shipped_configs_parse(name):
     cfg = load(ImageTrainConfig, CONFIGS / name)
     assert cfg.model.image_size % cfg.model.patch_size == 0
