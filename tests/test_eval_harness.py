@@ -78,6 +78,10 @@ def fake_whisper(monkeypatch):
     monkeypatch.setattr(speech_judge, "transcribe", lambda waves, rate: ["the answer is 3"] * len(waves))
 
 
+# Runners that never call the model need only its vocabulary layout.
+STAND_IN_MODEL = SimpleNamespace(vocab=SimpleNamespace(layout=SMALL_LAYOUT))
+
+
 class OracleRunner(Runner):
     """Replies with each item's reference reply, restricted to the requested modalities."""
 
@@ -114,7 +118,7 @@ ORACLE_SCORES = {
 
 
 def test_reference_answers_get_full_marks(world, fake_whisper):
-    runner = OracleRunner(SimpleNamespace(vocab=SimpleNamespace(layout=SMALL_LAYOUT)))
+    runner = OracleRunner(STAND_IN_MODEL)
     assert set(ORACLE_SCORES) | set(SPEAKING) == set(SUITES)
     for name, expected in ORACLE_SCORES.items():
         scores = run_suite(name, runner, world)
@@ -135,16 +139,16 @@ class ConstantLetterRunner(OracleRunner):
 
 def test_mcq_reports_a_constant_answer(world):
     truth = [json.loads(line)["answer"] for line in (world / "eval" / "text_mcq.truth.jsonl").read_text().splitlines()]
-    scores = run_suite("text_mcq", ConstantLetterRunner(SimpleNamespace(vocab=SimpleNamespace(layout=SMALL_LAYOUT))), world)
+    scores = run_suite("text_mcq", ConstantLetterRunner(STAND_IN_MODEL), world)
     assert scores["top_letter_share"] == 1.0
     assert scores["accuracy"] == pytest.approx(truth.count("D") / len(truth))
-    oracle = run_suite("text_mcq", OracleRunner(SimpleNamespace(vocab=SimpleNamespace(layout=SMALL_LAYOUT))), world)
+    oracle = run_suite("text_mcq", OracleRunner(STAND_IN_MODEL), world)
     assert oracle["top_letter_share"] == pytest.approx(max(truth.count(x) for x in "ABCD") / len(truth))
 
 
 @pytest.mark.skipif(not speech_judge.available(), reason=speech_judge.UNAVAILABLE_HINT)
 def test_whisper_judges_reference_speech(world):
-    runner = OracleRunner(SimpleNamespace(vocab=SimpleNamespace(layout=SMALL_LAYOUT)))
+    runner = OracleRunner(STAND_IN_MODEL)
     scores = run_suite("tts", runner, world, limit=2)
     assert scores["wer"] == scores["judge_wer_reference"] < 0.5  # the oracle's audio is the reference
 

@@ -230,7 +230,7 @@ def text_mcq(r: Runner, items: list[EvalItem]) -> dict:
     letters = [metrics.mcq_letter(text_of(x)) for x in replies]
     # A model that does not read the question answers one letter throughout; its accuracy is
     # then that letter's share of the answer key, which can sit far above chance on few items.
-    top_letter = max(Counter(letters).values(), default=0)
+    top_letter = max(Counter(letter for letter in letters if letter).values(), default=0)
     return {"accuracy": metrics.mean([letter == i.truth["answer"] for i, letter in zip(items, letters)]),
             "top_letter_share": top_letter / max(1, len(letters))}
 
