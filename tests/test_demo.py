@@ -108,6 +108,11 @@ def test_demo_refuses_another_presets_directory_and_bad_configs(tmp_path):
         demo_lib.load_demo_config(bad)
     with pytest.raises(ValueError, match="unknown preset"):
         demo_lib.preset_path("huge")
+    typo = tmp_path / "typo.toml"
+    typo.write_text('world = "w.toml"\nimage_tokenizer = "i.toml"\nspeech_tokenizer = "s.toml"\nstages = ["a.toml"]\n'
+                    'eval_suite_limits = { ttss = 4 }\n')
+    with pytest.raises(ConfigError, match="unknown suite 'ttss'"):
+        demo_lib.load_demo_config(typo)
 
 
 def test_time_left_rescales_the_estimates_by_the_finished_steps(tmp_path):

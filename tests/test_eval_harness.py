@@ -197,9 +197,16 @@ def test_eval_command_writes_metrics_json_and_table(world, run_dir, tmp_path):
     assert list((out / "replies" / "image_generation").glob("*.png"))
 
 
+def test_suite_limits_override_the_common_limit(world, model):
+    result, _ = harness.evaluate(model, "run", world, ["text_mcq", "image_qa"], limit=1, suite_limits={"image_qa": 3})
+    assert result["suites"]["text_mcq"]["n"] == 1 and result["suites"]["image_qa"]["n"] == 3
+
+
 def test_unknown_suite_and_missing_world_are_clear_errors(model, tmp_path):
     with pytest.raises(ValueError, match="unknown suite"):
         harness.evaluate(model, "run", tmp_path, ["nope"])
+    with pytest.raises(ValueError, match="unknown suite 'nope'"):
+        harness.evaluate(model, "run", tmp_path, ["image_qa"], suite_limits={"nope": 2})
     with pytest.raises(FileNotFoundError, match="mio toyworld"):
         harness.evaluate(model, "run", tmp_path, ["image_qa"])
 

@@ -74,6 +74,8 @@ class DemoConfig:
     """Optimizer steps per stage name (overrides the stage config)."""
     eval_limit: int = 40
     """Test items per suite."""
+    eval_suite_limits: dict[str, int] = field(default_factory=dict)
+    """Test items of named suites instead of `eval_limit` (e.g. fewer for the costly ones)."""
     eval_batch_size: int = 16
     """Prompts per generation batch during evaluation."""
     eval_greedy: bool = False
@@ -90,8 +92,13 @@ class DemoConfig:
     def validate(self) -> None:
         if len(self.stages) < 1:
             raise ValueError("stages: name at least one stage config")
-        if self.eval_limit < 1 or self.eval_batch_size < 1:
-            raise ValueError("eval_limit and eval_batch_size must be >= 1")
+        if self.eval_limit < 1 or self.eval_batch_size < 1 or any(n < 1 for n in self.eval_suite_limits.values()):
+            raise ValueError("eval_limit, eval_suite_limits and eval_batch_size must be >= 1")
+        from mio.eval.suites import SUITES
+
+        unknown = sorted(set(self.eval_suite_limits) - set(SUITES))
+        if unknown:
+            raise ValueError(f"eval_suite_limits: unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
 
 
 def preset_path(preset: str) -> Path:
@@ -286,7 +293,8 @@ class Demo:
         model = MIO.from_pretrained(self.run_dir(stage), device=self.cfg.device)
         decoding = DecodingConfig.greedy() if self.cfg.eval_greedy else None
         result, runner = evaluate(model, f"{name} ({stage})", self.world, limit=self.cfg.eval_limit,
-                                  base=name == "base", batch_size=self.cfg.eval_batch_size, decoding=decoding)
+                                  base=name == "base", batch_size=self.cfg.eval_batch_size, decoding=decoding,
+                                  suite_limits=self.cfg.eval_suite_limits)
         write_outputs(result, runner, self.out / "eval" / name, self.cfg.eval_samples)
         return {"suites": len(result["suites"]), "skipped": len(result["skipped"])}
 

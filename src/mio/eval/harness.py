@@ -56,11 +56,14 @@ def world_image_size(world: Path) -> int:
 
 
 def evaluate(model, model_name: str, world: str | Path, suites: list[str] | None = None, limit: int | None = None,
-             base: bool = False, batch_size: int = 8, seed: int = 0, decoding=None) -> tuple[dict, Runner]:
-    """Run suites on a loaded model; returns the metrics object and the runner (its replies)."""
+             base: bool = False, batch_size: int = 8, seed: int = 0, decoding=None,
+             suite_limits: dict[str, int] | None = None) -> tuple[dict, Runner]:
+    """Run suites on a loaded model; returns the metrics object and the runner (its replies).
+    `limit` caps the items of every suite; `suite_limits` caps named suites instead."""
     world = Path(world)
     names = suites or list(SUITES)
-    unknown = [n for n in names if n not in SUITES]
+    suite_limits = suite_limits or {}
+    unknown = [n for n in [*names, *suite_limits] if n not in SUITES]
     if unknown:
         raise ValueError(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
     runner = Runner(model, base=base, batch_size=batch_size, seed=seed, decoding=decoding)
@@ -69,7 +72,7 @@ def evaluate(model, model_name: str, world: str | Path, suites: list[str] | None
     for name in names:
         started = time.monotonic()
         try:
-            result["suites"][name] = run_suite(name, runner, world, limit, image_size)
+            result["suites"][name] = run_suite(name, runner, world, suite_limits.get(name, limit), image_size)
         except SuiteSkipped as e:
             result["skipped"][name] = str(e)
             log.warning("%s: skipped: %s", name, e)
