@@ -128,6 +128,7 @@ def test_reference_answers_get_full_marks(world, fake_whisper):
     for name in SPEAKING:  # the stand-in judge hears the same for reference and reply
         scores = run_suite(name, runner, world)
         assert scores["wer"] == scores["judge_wer_reference"] and scores["has_speech"] == 1.0
+        assert all(record["heard"] == "the answer is 3" for record in runner.replies[name])
 
 
 class ConstantLetterRunner(OracleRunner):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -199,6 +200,21 @@ def test_wer_normalises():
     assert judge.wer(["a b c d"], ["a b c"]) == 0.25
     with pytest.raises(ValueError):
         judge.wer(["a"], [])
+
+
+def test_whisper_judge_caps_a_transcript_by_the_audio_length(monkeypatch):
+    """Whisper's repetition loops ("end of end of ...") must not run to its 448-token limit:
+    one such utterance made a corpus WER of 1.5 out of 0.5."""
+    from mio.eval import speech_judge
+
+    class LoopingWhisper:
+        def transcribe(self, audio, max_new_tokens=448, **kwargs):
+            return [SimpleNamespace(text=" ".join(["end"] * max_new_tokens))], None
+
+    monkeypatch.setattr(speech_judge, "_model", lambda: LoopingWhisper())
+    one_second, three_seconds = speech_judge.transcribe([np.zeros(8000), np.zeros(24000)], 8000)
+    assert len(one_second.split()) == speech_judge.max_tokens(1.0) < 30
+    assert len(three_seconds.split()) == speech_judge.max_tokens(3.0) < 60
 
 
 def test_whisper_judge_transcribes(speech):

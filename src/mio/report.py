@@ -201,6 +201,8 @@ def gallery(demo: Path, checkpoint: str, suite: str, samples: int) -> str:
         prompt = "<br>".join(f"<b>{role}</b>: {_content_html(c, demo)}" for role, c in messages)
         media = sorted(p for p in (replies_dir / suite).glob(f"{reply['id']}_*") if p.suffix != ".txt")
         shown = html.escape(reply["text"]) + " " + " ".join(_media_html(p, demo) for p in media)
+        if "heard" in reply:
+            shown += f"<br><i>Whisper heard:</i> {html.escape(reply['heard'])}"
         rows.append(f"<tr><td>{prompt}</td><td>{shown}</td><td>{_content_html(reference, demo)}</td></tr>")
     return "<table class='gallery'><tr><th>prompt</th><th>reply</th><th>reference</th></tr>" + "".join(rows) + "</table>"
 

