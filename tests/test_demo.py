@@ -13,7 +13,7 @@ from mio.config import ConfigError
 from mio.train import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["world", "image_tokenizer", "speech_tokenizer", "text_tokenizer", "prepare",
+STEPS = ["world", "media_tokenizers", "text_tokenizer", "prepare",
          "stage1", "stage2", "stage3", "sft", "eval_base", "eval_instruct", "report"]
 
 
@@ -32,7 +32,7 @@ def test_smoke_demo_runs_end_to_end_and_resumes_after_a_failure(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         demo_lib.run_demo(cfg, out, "smoke")
     state = json.loads((out / demo_lib.STATE_FILE).read_text())
-    assert list(state["steps"]) == STEPS[:6]
+    assert list(state["steps"]) == STEPS[:5]
 
     # Run again: finished steps are skipped (the world is not rebuilt), the rest complete.
     monkeypatch.setattr(demo_lib.Demo, "step_stage", original)
@@ -78,6 +78,7 @@ def test_smoke_demo_runs_end_to_end_and_resumes_after_a_failure(tmp_path, monkey
         assert heading in page
     assert "heldout.layer1_ctc_cer" in page and "codebook_usage.layer1" not in page
     assert "<svg" in page and "<polyline" in page
+    assert "Whisper heard:" in page  # beside the audio players of spoken replies
     # Every media file the page links to exists, relative to the page.
     links = re.findall(r'src="([^"]+)"', page)
     assert any(link.endswith(".png") for link in links)
@@ -113,6 +114,19 @@ def test_demo_refuses_another_presets_directory_and_bad_configs(tmp_path):
                     'eval_suite_limits = { ttss = 4 }\n')
     with pytest.raises(ConfigError, match="unknown suite 'ttss'"):
         demo_lib.load_demo_config(typo)
+
+
+def test_media_tokenizers_can_train_one_after_the_other(tmp_path, monkeypatch):
+    from mio.tokenizers import image_train, speech_train
+
+    order = []
+    monkeypatch.setattr(image_train, "train_from_config", lambda cfg, out: order.append(("image", out)) or {"psnr": 1.0})
+    monkeypatch.setattr(speech_train, "train_from_config", lambda cfg, out: order.append(("speech", out)) or {})
+    cfg = demo_lib.load_demo_config(demo_lib.preset_path("smoke"))
+    cfg.parallel_tokenizers = False
+    info = demo_lib.Demo(cfg, tmp_path, "smoke").step_media_tokenizers()
+    assert order == [("image", tmp_path / "tokenizers" / "image"), ("speech", tmp_path / "tokenizers" / "speech")]
+    assert info == {"image": {"psnr": 1.0}, "speech": {}}
 
 
 def test_time_left_rescales_the_estimates_by_the_finished_steps(tmp_path):

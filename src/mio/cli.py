@@ -12,6 +12,9 @@ import importlib
 import logging
 import sys
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATE_FORMAT = "%H:%M:%S"
+
 # name -> (module, one-line help). Nested commands use "group name".
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mio.demo", "the whole recipe on the embedded world: world, tokenizers, Stage I-III, SFT, evaluation, report"),
@@ -52,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     selected = [a for a in argv if not a.startswith("-")][:2]
     args = _parser(selected).parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
     if getattr(args, "_module", None) is None:
         _parser([]).print_help()
         return 0
