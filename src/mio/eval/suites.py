@@ -337,8 +337,9 @@ def _judge_speech(r: Runner, suite: str, items: list[EvalItem], replies, world: 
     for reply in replies:
         speech = speech_of(reply)
         heard.append(speech_judge.transcribe([speech.wave], speech.sample_rate)[0] if speech is not None else "")
-    for record, transcript in zip(r.replies[suite][-len(items):], heard):
-        record["heard"] = transcript
+    kept = {record["id"]: record for record in r.replies[suite]}
+    for item, transcript in zip(items, heard):
+        kept[item.id]["heard"] = transcript
     reference = _transcribe_files([world / "eval" / i.truth["reference"] for i in items])
     result = {"wer": metrics.wer(texts, heard), "judge_wer_reference": metrics.wer(texts, reference),
               "has_speech": metrics.mean([speech_of(x) is not None for x in replies])}

@@ -17,8 +17,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-from av.video.reformatter import VideoReformatter
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image as PILImage
 from scenedetect import AdaptiveDetector, ContentDetector, HistogramDetector
 from scenedetect.common import FrameTimecode
