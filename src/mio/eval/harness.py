@@ -26,7 +26,7 @@ import logging
 import time
 from pathlib import Path
 
-from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
+from mio.eval.suites import SUITES, Runner, SuiteSkipped, check_suite_names, run_suite
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def evaluate(model, model_name: str, world: str | Path, suites: list[str] | None
     world = Path(world)
     names = suites or list(SUITES)
     suite_limits = suite_limits or {}
-    unknown = [n for n in [*names, *suite_limits] if n not in SUITES]
-    if unknown:
-        raise ValueError(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
+    check_suite_names([*names, *suite_limits])
     runner = Runner(model, base=base, batch_size=batch_size, seed=seed, decoding=decoding)
     image_size = world_image_size(world)
     result = {"suites": {}, "model": model_name, "base": base, "skipped": {}, "seconds": {}}

@@ -477,6 +477,13 @@ SUITES: dict[str, Suite] = {
     "mcot": Suite(mcot),
     "chart": Suite(_short_answers("chart")),
 }
+
+
+def check_suite_names(names) -> None:
+    """Raise ValueError naming the first of `names` that is not a suite."""
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
 """Every suite, in report order (the same names as `mio.toyworld.tasks.EVAL_SUITES`)."""
 
 
