@@ -35,6 +35,8 @@ def test_config_rejects_unknown_combinations_and_keys():
         load(WorldConfig, {"heldout_combos": ["pink star"]})
     with pytest.raises(ConfigError, match="unknown key"):
         load(WorldConfig, {"image_pairs": 3})
+    with pytest.raises(ConfigError, match="unknown task 'image_qna'"):
+        load(WorldConfig, {"sft_task_counts": {"image_qna": 600}})
 
 
 def test_heldout_split_of_scenes_and_voices():

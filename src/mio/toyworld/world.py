@@ -87,7 +87,11 @@ class WorldConfig:
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        from mio.toyworld.tasks import SFT_TASKS  # here: tasks imports this module
+
         for task, n in self.sft_task_counts.items():
+            if task not in SFT_TASKS:
+                raise ValueError(f"sft_task_counts: unknown task {task!r} (tasks: {', '.join(SFT_TASKS)})")
             if n < 0:
                 raise ValueError(f"sft_task_counts.{task} must be >= 0")
         heldout_combo_set(self)  # raises on unknown colours or shapes
