@@ -116,6 +116,22 @@ def test_kill9_and_resume_gives_the_same_losses(tmp_path, data_dir):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
 
 
+def test_bf16_autocast_tracks_fp32(tmp_path, data_dir):
+    """The GPU presets' precision (bf16 autocast, fp32 weights and loss) runs on any device
+    and follows the fp32 run's loss curve."""
+    fp32 = write_config(tmp_path / "fp32.toml", data_dir, tmp_path / "fp32", steps=6, eval_every=0)
+    bf16 = write_config(tmp_path / "bf16.toml", data_dir, tmp_path / "bf16", steps=6, eval_every=0, precision="bf16")
+    run_stages([str(fp32)])
+    run_stages([str(bf16)])
+    reference, mixed = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert sorted(mixed) == sorted(reference)
+    for step in reference:
+        assert mixed[step] == pytest.approx(reference[step], rel=0.02), step
+    assert mixed != reference, "bf16 gave bit-identical losses: autocast was not applied"
+    weights = torch.load(tmp_path / "bf16" / "checkpoints" / "step_0000003" / "trainer_state.pt", weights_only=True)
+    assert all(s["exp_avg"].dtype == torch.float32 for s in weights["optimizer"]["state"].values())
+
+
 def test_stages_chain_from_one_checkpoint_to_the_next(tmp_path, data_dir):
     a = write_config(tmp_path / "a.toml", data_dir, tmp_path / "a", steps=4)
     b = write_config(tmp_path / "b.toml", data_dir, tmp_path / "b", steps=2, name="stage2")
