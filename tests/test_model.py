@@ -63,3 +63,31 @@ def test_text_tokenizer_command_trains_or_extends(tmp_path, text_tokenizer):
     bad = tmp_path / "bad.toml"
     bad.write_text('out_dir = "x"\n')
     assert main(["tokenizer", "train", "text", str(bad)]) == 2
+
+
+def test_token_losses_run_the_head_only_where_labels_are_and_match_full_logits():
+    from mio.data.packing import IGNORE, PackedBatch
+    from mio.model import forward_logits, token_losses
+
+    model = build_model(TINY, vocab_size=50)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (2, 24), generator=g)
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 5:9] = ids[0, 6:10]  # SFT-like: a few answer tokens per row, at different places
+    labels[1, 15:20] = ids[1, 16:21]
+    docs = torch.tensor([[0] * 12 + [1] * 12, [0] * 20 + [-1] * 4])
+    positions = torch.cat([torch.arange(12), torch.arange(12)]).expand(2, -1).clone()
+    batch = PackedBatch(ids, labels, positions, docs, torch.zeros_like(ids), ["sft"])
+    full = forward_logits(model, batch)
+    reference = torch.nn.functional.cross_entropy(full.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                                                  reduction="none").view_as(labels)
+    losses = token_losses(model, batch)
+    torch.testing.assert_close(losses, reference)
+    assert (losses[labels == IGNORE] == 0).all() and (losses[labels != IGNORE] > 0).all()
+    # gradients flow through the kept positions only, and a batch without labels still backpropagates
+    losses.sum().backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0
+    empty = PackedBatch(ids, torch.full_like(ids, IGNORE), positions, docs, torch.zeros_like(ids), ["sft"])
+    none = token_losses(model, empty)
+    assert (none == 0).all()
+    none.sum().backward()

@@ -111,20 +111,33 @@ def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal).unsqueeze(1)
 
 
-def forward_logits(model, batch: PackedBatch) -> torch.Tensor:
-    """Logits [B, L, V] of a packed batch with document-causal attention."""
+def forward_logits(model, batch: PackedBatch, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of a packed batch with document-causal attention: [B, L, V], or [B, K, V] at
+    the K sequence positions `keep` (the LM head runs only there)."""
+    extra = {} if keep is None else {"logits_to_keep": keep}
     if model.config._attn_implementation == "flash_attention_2":
         # transformers detects packed documents from restarting position ids and runs varlen kernels.
-        return model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits
+        return model(input_ids=batch.input_ids, position_ids=batch.position_ids, **extra).logits
     mask = document_mask(batch.document_ids)
-    return model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).logits
+    return model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask, **extra).logits
 
 
 def token_losses(model, batch: PackedBatch) -> torch.Tensor:
-    """Per-token cross-entropy [B, L] (0 where the label is ignored), in fp32."""
-    logits = forward_logits(model, batch)
-    losses = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE, reduction="none")
-    return losses.view_as(batch.labels)
+    """Per-token cross-entropy [B, L] (0 where the label is ignored), in fp32.
+
+    The LM head and the softmax run only at positions where some row has a label: under
+    SFT's assistant-only loss most positions have none (the demo's SFT steps took 20% less
+    time), and at paper scale that also spares the [B, L, 76k] logits' memory."""
+    target = batch.labels != IGNORE
+    keep = target.any(dim=0).nonzero().squeeze(1)
+    if len(keep) == 0:
+        keep = keep.new_zeros(1)  # a batch without labels still gives a graph to call backward on
+    logits = forward_logits(model, batch, keep)
+    labels = batch.labels[:, keep]
+    kept = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="none")
+    losses = torch.zeros(batch.labels.shape, dtype=kept.dtype, device=kept.device)
+    losses[:, keep] = kept.view_as(labels)
+    return losses
 
 
 def count_parameters(model) -> int:
