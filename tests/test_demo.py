@@ -99,6 +99,18 @@ def test_every_preset_and_toy_stage_config_parses():
             assert Path(path).is_file(), path
 
 
+def test_long_preset_is_the_default_with_three_times_the_steps():
+    default = demo_lib.load_demo_config(demo_lib.preset_path("default"))
+    long = demo_lib.load_demo_config(demo_lib.preset_path("long"))
+    for name in ("world", "image_tokenizer", "speech_tokenizer", "stages", "text_vocab_size", "eval_limit",
+                 "eval_suite_limits"):
+        assert getattr(long, name) == getattr(default, name), name
+    for stage, steps in default.stage_steps.items():
+        assert long.stage_steps[stage] == 3 * steps, stage
+    context = {k: v for k, v in default.stage_overrides.items() if k != "save_every"}
+    assert {k: long.stage_overrides[k] for k in context} == context
+
+
 def test_demo_refuses_another_presets_directory_and_bad_configs(tmp_path):
     (tmp_path / demo_lib.STATE_FILE).write_text(json.dumps({"preset": "default", "steps": {"world": {"seconds": 1}}}))
     with pytest.raises(ValueError, match="preset 'default'"):

@@ -2,6 +2,7 @@
 
     mio demo                    # default preset, ~30 minutes on a 2-core CPU
     mio demo --preset smoke     # the whole pipeline at tiny size, a few minutes
+    mio demo --preset long      # the default with 3x the language model's steps
     mio demo --preset gpu       # a larger model for one GPU
 
 Steps, in order (each one's output lives under `--out`, default `runs/demo`):
@@ -51,7 +52,7 @@ from mio.vocab import VocabLayout
 log = logging.getLogger(__name__)
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
-PRESETS = ("smoke", "default", "gpu")
+PRESETS = ("smoke", "default", "long", "gpu")
 STATE_FILE = "demo_state.json"
 STAGE3_ASR_TEMPLATE = "asr_stage3"
 
