@@ -23,15 +23,18 @@ def test_voice_pool_is_deterministic_and_split():
 
 
 def test_synthesis_is_deterministic_float32_at_requested_rate():
-    text = "the purple cross is next to the green cross"
-    voice = Voice("en-us", "f3", rate=180, pitch=60)
-    a = synthesize(text, voice)
-    synthesize("something else first", Voice("en-gb-x-rp", "m2"))  # history must not matter
-    b = synthesize(text, voice)
+    text = "a small red circle is above the blue square"
+    voices = voice_pool()[0][:8]
+    a = synthesize(text, voices[0], seed=123)
     assert a.dtype == np.float32 and a.ndim == 1
-    assert np.array_equal(a, b)
+    # What was spoken before must not matter. eSpeak keeps state between utterances; spoken
+    # in one process, about half of these predecessors changed a frame of the next utterance.
+    for before in ("seven plus three is ten", "the answer is purple", "Counting to 5: 1, 2, 3, 4, 5."):
+        for other in voices:
+            synthesize(before, other, seed=7)
+            assert np.array_equal(synthesize(text, voices[0], seed=123), a), (before, other)
     assert 1.0 < len(a) / 16000 < 5.0 and np.abs(a).max() <= 1.0
-    a8 = synthesize(text, voice, sample_rate=8000)
+    a8 = synthesize(text, voices[0], sample_rate=8000, seed=123)
     assert abs(len(a8) * 2 - len(a)) <= 2
 
 

@@ -6,13 +6,19 @@ is needed. eSpeak gives many distinct voices cheaply: a language/accent (`en-us`
 `Voice` names one such combination; `voice_pool` lists a deterministic pool of them with a
 train / held-out split so that tokenizers can be judged on voices they never heard.
 
-Synthesis is deterministic: the same text, `Voice` and seed always give the same samples.
-That takes one workaround: eSpeak's pitch "flutter" and "roughness" effects keep internal
-state running from one utterance to the next (it survives even `espeak_Terminate`), so
-output would depend on what the process spoke before. We therefore run eSpeak on a private
-view of its data directory (symlinks to the wheel's files) in which the variants we use are
-copied with `flutter 0` and `roughness 0`.
-eSpeak is a process-wide singleton C library, so calls are serialised with a lock.
+Synthesis is deterministic: the same text, `Voice` and seed always give the same samples,
+whatever the process spoke before. eSpeak keeps state from one utterance to the next in
+static variables of its wave generator (it survives `espeak_Terminate`): the pitch "flutter"
+and "roughness" effects, and more that no API resets. With it, an utterance came out
+different after different predecessors (one 8 ms frame attenuated in about 5% of the world's
+files), so a world built by two worker processes depended on their scheduling. Two measures
+remove it: eSpeak runs on a private view of its data directory (symlinks to the wheel's
+files) in which the variants we use are copied with `flutter 0` and `roughness 0` (steadier
+voices), and every utterance is spoken in a forked child of a process whose engine has been
+initialised but has never spoken, so each one starts from the same state. The fork is not
+free in a large process: in `mio demo` the codec's 2,000 training utterances took 49 s
+instead of 9 s (~20 ms more each, beside the training threads) and the world 50 s instead of
+32 s. eSpeak is a process-wide singleton C library, so calls are serialised with a lock.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import os
 import random
 import tempfile
 import threading
@@ -175,20 +182,47 @@ class _Espeak:
         return 0  # 0 = continue synthesis
 
     def speak(self, text: str, voice: Voice, seed: int) -> np.ndarray:
-        """int16 samples at `self.sample_rate`."""
+        """int16 samples at `self.sample_rate`, spoken in a forked child (see the module
+        docstring) so that this process's engine never leaves its initial state."""
         with self.lock:
-            self.lib.espeak_ng_SetRandSeed(seed)
-            self.libc.srand(seed)
-            if self.lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != _EE_OK:
-                raise SynthesisError(f"espeak has no voice {voice.espeak_name!r}")
-            self.lib.espeak_SetParameter(_PARAM_RATE, voice.rate, 0)
-            self.lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
-            self._chunks = []
-            data = text.encode() + b"\0"
-            status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            if status != _EE_OK:
-                raise SynthesisError(f"espeak_Synth failed with status {status} for {text!r}")
-            chunks, self._chunks = self._chunks, []
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: speak, send the samples or the error, and leave at once
+                status = 1
+                try:
+                    os.close(read_end)
+                    try:
+                        payload, status = self._speak_here(text, voice, seed).tobytes(), 0
+                    except SynthesisError as e:
+                        payload = str(e).encode()
+                    with os.fdopen(write_end, "wb") as pipe:
+                        pipe.write(bytes([status]) + payload)
+                finally:
+                    os._exit(status)  # no atexit handlers, no flushing of the parent's buffers
+            os.close(write_end)
+            with os.fdopen(read_end, "rb") as pipe:
+                reply = pipe.read()
+            os.waitpid(pid, 0)
+        if not reply:
+            raise SynthesisError(f"the eSpeak child process died speaking {text!r} with voice {voice.id}")
+        if reply[0] != 0:
+            raise SynthesisError(reply[1:].decode())
+        return np.frombuffer(reply[1:], dtype=np.int16)
+
+    def _speak_here(self, text: str, voice: Voice, seed: int) -> np.ndarray:
+        """Speak in this process (whose engine state it changes)."""
+        self.lib.espeak_ng_SetRandSeed(seed)
+        self.libc.srand(seed)
+        if self.lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != _EE_OK:
+            raise SynthesisError(f"espeak has no voice {voice.espeak_name!r}")
+        self.lib.espeak_SetParameter(_PARAM_RATE, voice.rate, 0)
+        self.lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
+        self._chunks = []
+        data = text.encode() + b"\0"
+        status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if status != _EE_OK:
+            raise SynthesisError(f"espeak_Synth failed with status {status} for {text!r}")
+        chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
 
