@@ -1,5 +1,6 @@
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +180,11 @@ def test_prepare_end_to_end(tmp_path, text_dir, corpus, vocab):
 
 def test_deterministic_and_refuses_to_overwrite(tmp_path, text_dir, corpus):
     a = make_cfg(tmp_path, text_dir, corpus, out="a")
-    b = make_cfg(tmp_path, text_dir, corpus, out="b", records_per_chunk=100, image_batch_size=64)
+    # The same corpus in another folder, read in other chunk and batch sizes.
+    moved = tmp_path / "elsewhere" / "corpus"
+    shutil.copytree(Path(corpus[0]).parent, moved)
+    b = make_cfg(tmp_path, text_dir, (moved / "mixed.jsonl", moved / "language.jsonl"), out="b",
+                 records_per_chunk=100, image_batch_size=64)
     for cfg in (a, b):
         prepare(cfg, image_tokenizer=FakeImageTokenizer(), speech_tokenizer=FakeSpeechTokenizer())
     files_a = sorted(p.relative_to(a.output_dir) for p in Path(a.output_dir).rglob("*.bin"))

@@ -10,8 +10,8 @@ sample with the paper's rules (`mio.data.encode`) and writes shards per data typ
 
 All manifests are validated before any media is touched, so a bad line fails in seconds.
 Every sample's random choices (caption vs generation order, ASR vs TTS) come from its own
-RNG seeded by (seed, manifest, line): the output does not depend on the order or number of
-manifests. Samples a paper rule drops (speech over the limit) are counted, not errors.
+RNG seeded by (seed, manifest file name, line): the output does not depend on the order or
+number of manifests, nor on the folder they are in. Samples a paper rule drops (speech over the limit) are counted, not errors.
 The summary is written last: an output directory without it is an interrupted run.
 
 A config (TOML, keys of `PrepareConfig`):
@@ -295,6 +295,15 @@ def _to_sample(record: Record, media: _Tokenized) -> Sample:
     return Sample(record.data_type, segments=[media.segment(p, record) for p in record.segments])
 
 
+def _sample_key(record: Record) -> str:
+    """`manifest file name:line`: where a sample sits, leaving out the folders, so that the
+    same corpus gives the same shards wherever it is stored (two demo runs in two output
+    directories drew different ASR/TTS and caption/generation choices when the full path
+    seeded them)."""
+    path, line = record.where.rsplit(":", 1)
+    return f"{Path(path).name}:{line}"
+
+
 def _chunks(manifests: list[tuple[Path, str | None]], size: int) -> Iterator[list[Record]]:
     chunk: list[Record] = []
     for path, data_type in manifests:
@@ -355,7 +364,7 @@ def prepare(cfg: PrepareConfig, image_tokenizer=None, speech_tokenizer=None) -> 
                         raise MediaError(f"{record.where}: {e}") from None
                 media.flush()
                 for record in kept:
-                    rng = random.Random(f"{cfg.seed}:{record.where}")
+                    rng = random.Random(f"{cfg.seed}:{_sample_key(record)}")
                     try:
                         doc = encode_sample(_to_sample(record, media), vocab, cfg.encode, rng)
                     except (SampleError, ValueError) as e:
