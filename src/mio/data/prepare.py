@@ -11,7 +11,8 @@ sample with the paper's rules (`mio.data.encode`) and writes shards per data typ
 All manifests are validated before any media is touched, so a bad line fails in seconds.
 Every sample's random choices (caption vs generation order, ASR vs TTS) come from its own
 RNG seeded by (seed, manifest file name, line): the output does not depend on the order or
-number of manifests, nor on the folder they are in. Samples a paper rule drops (speech over the limit) are counted, not errors.
+number of manifests, nor on the folder they are in. Samples a paper rule drops (speech over
+the limit) are counted, not errors.
 The summary is written last: an output directory without it is an interrupted run.
 
 A config (TOML, keys of `PrepareConfig`):
