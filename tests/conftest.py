@@ -1,10 +1,19 @@
-"""Shared fixtures: a tiny text tokenizer with a small media layout, and its Vocab."""
+"""Shared fixtures and helpers: a tiny text tokenizer with a small media layout, its Vocab,
+a tiny untrained run directory, and one torch thread for tiny models."""
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import json
+from pathlib import Path
 
-from mio.text_tokenizer import build_text_tokenizer
+import pytest
+import torch
+
+from mio.model import ModelConfig, build_model
+from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig
+from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
+from mio.tokenizers.text import build_text_tokenizer
 from mio.vocab import Vocab, VocabLayout
 
 CORPUS = [
@@ -25,3 +34,32 @@ def text_tokenizer():
 @pytest.fixture(scope="session")
 def vocab(text_tokenizer):
     return Vocab(text_tokenizer, SMALL_LAYOUT)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared CPU run ~10x faster on one thread (no OpenMP oversubscription),
+    and one thread sums in one order, so results repeat exactly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_run_dir(directory: Path, text_tokenizer, run_json: bool = True) -> Path:
+    """A tiny untrained run directory laid out like `mio train`'s export."""
+    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                                    max_position_embeddings=1024, init_std=0.5), len(text_tokenizer))
+    model.save_pretrained(directory)
+    text_tokenizer.save_pretrained(directory)
+    EmbeddedImageTokenizer(ImageTokenizerConfig(
+        image_size=32, conv_channels=(8, 16), width=32, heads=2, encoder_layers=1, qformer_layers=1, decoder_layers=1,
+        tokens_per_image=SMALL_LAYOUT.tokens_per_image, codebook_size=SMALL_LAYOUT.image_codebook_size,
+        codebook_dim=8)).save(directory / "image_tokenizer")
+    EmbeddedSpeechTokenizer(SpeechTokenizerConfig(
+        frame_rate=25.0, codebook_size=SMALL_LAYOUT.speech_codebook_size, latent_dim=16, channels=32, blocks=1,
+        kmeans_iters=2, griffin_lim_iters=4)).save(directory / "speech_tokenizer")
+    if run_json:
+        config = {"layout": dataclasses.asdict(SMALL_LAYOUT), "context_length": 400}
+        (directory / "run.json").write_text(json.dumps({"config": config}))
+    return directory

@@ -3,8 +3,8 @@ import random
 
 import torch
 
-from mio.bench import MIX, document_length, synthetic_corpus
-from mio.cli import main
+from mio.cli.main import main
+from mio.eval.bench_train import MIX, document_length, synthetic_corpus
 
 
 def test_bench_train_tiny_writes_the_design_keys(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from mio import config as config_lib
 from mio.data.mixture import PAPER_STAGE_RATIOS
-from mio.train import TrainConfig
+from mio.train.loop import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -15,10 +15,10 @@ def config_class(path: Path):
     kind = path.parent.name
     if kind == "tokenizer":
         if path.name.startswith("image"):
-            from mio.tokenizers.image_train import ImageTrainConfig
+            from mio.train.image_tokenizer import ImageTrainConfig
 
             return ImageTrainConfig
-        from mio.tokenizers.speech_train import SpeechTrainConfig
+        from mio.train.speech_tokenizer import SpeechTrainConfig
 
         return SpeechTrainConfig
     if kind == "toyworld":
@@ -26,7 +26,7 @@ def config_class(path: Path):
 
         return WorldConfig
     if kind == "demo":
-        from mio.demo import DemoConfig
+        from mio.demo.pipeline import DemoConfig
 
         return DemoConfig
     return TrainConfig

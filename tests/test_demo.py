@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mio import demo as demo_lib
-from mio.cli import main
+from mio.cli.main import main
 from mio.config import ConfigError
-from mio.train import load_config
+from mio.demo import pipeline as demo_lib
+from mio.train.loop import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["world", "media_tokenizers", "text_tokenizer", "prepare",
@@ -129,7 +129,8 @@ def test_demo_refuses_another_presets_directory_and_bad_configs(tmp_path):
 
 
 def test_media_tokenizers_can_train_one_after_the_other(tmp_path, monkeypatch):
-    from mio.tokenizers import image_train, speech_train
+    from mio.train import image_tokenizer as image_train
+    from mio.train import speech_tokenizer as speech_train
 
     order = []
     monkeypatch.setattr(image_train, "train_from_config", lambda cfg, out: order.append(("image", out)) or {"psnr": 1.0})

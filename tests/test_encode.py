@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from mio.data.encode import EncodeConfig, Sample, SampleError, encode_prompt, encode_sample, frames_for_text
+from mio.data.encode import EncodeConfig, Sample, encode_prompt, encode_sample, frames_for_text
 from mio.segments import Image, Message, Speech, Text, Video
 from mio.templates import render_chat
 from mio.vocab import render_image, render_speech

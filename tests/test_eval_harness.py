@@ -10,13 +10,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from conftest import SMALL_LAYOUT
-from mio.cli import main
+from mio.cli.main import main
 from mio.config import load
-from mio.eval import harness, speech_judge, suites
+from mio.eval import harness, suites
 from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
+from mio.judges import speech as speech_judge
 from mio.model import ModelConfig, build_model
 from mio.segments import Text
 from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig
@@ -24,17 +24,10 @@ from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
 from mio.toyworld import build
 from mio.toyworld.world import WorldConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = Path(__file__).resolve().parents[1] / "configs" / "toyworld" / "tiny.toml"
 SPEAKING = ("tts", "speech_generation", "speech_to_speech")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU run much faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from mio.eval import metrics
-from mio.eval.prompts import BASE_TEMPLATES, INSTRUCTIONS, base_prompt, instruction
+from mio.prompts import BASE_TEMPLATES, INSTRUCTIONS, base_prompt, instruction
 from mio.segments import Image, Speech, Text
 from mio.toyworld.scenes import Scene, SceneObject, SceneSampler, caption, render
 

@@ -26,17 +26,10 @@ from mio.generate import (
 from mio.model import ModelConfig, build_model
 from mio.segments import Image, Malformed, Speech, Text, Video
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ALL = {"text", "image", "video", "speech"}
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU run ~10x faster on one thread (no OpenMP oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(vocab, seed: int = 0):

@@ -11,22 +11,15 @@ import soundfile as sf
 import torch
 from PIL import Image as PILImage
 
-from mio import bench_generate
+from conftest import make_run_dir
 from mio.api import MIO
-from mio.chat_cli import ChatSession, chat_loop
-from mio.cli import main
-from mio.generate_cli import parse_prompt
+from mio.cli.chat import ChatSession, chat_loop
+from mio.cli.generate import parse_prompt
+from mio.cli.main import main
+from mio.eval import bench_generate
 from mio.segments import Image, Speech, Text, Video
-from test_api import make_run_dir
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU run ~10x faster on one thread (no OpenMP oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 from mio.data.encode import EncodeConfig, Sample, encode_sample
 from mio.data.shards import ShardWriter
 from mio.segments import Image, Speech, Text
-from mio.train import load_config, run_stages
+from mio.train.loop import run_stages
 
 GOLDEN = Path(__file__).parent / "assets" / "golden_losses.json"
 WORDS = "red green blue circle square triangle left right big small the a is on of".split()
@@ -58,14 +58,6 @@ def _config(path: Path, data: Path, out: Path) -> Path:
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_golden_losses(tmp_path, text_tokenizer, vocab, one_thread):

@@ -13,29 +13,22 @@ import torch
 from PIL import Image
 
 from mio.config import load
+from mio.media.image import ImageFileError, open_image, to_rgb
 from mio.tokenizers.base import ImageTokenizer, load_tokenizer
-from mio.tokenizers.image import (
-    EmbeddedImageTokenizer,
-    ImageFileError,
-    ImageTokenizerConfig,
-    ImageTokenizerModel,
-    images_to_tensor,
-    open_image,
-    to_rgb,
-)
-from mio.tokenizers.image_train import (
+from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig, ImageTokenizerModel, images_to_tensor
+from mio.toyworld.scenes import Scene, SceneObject, render, sample_scenes
+from mio.train.image_tokenizer import (
+    ImageSet,
     ImageTrainConfig,
     codebook_stats,
     finetune_decoder,
     foreground_mask,
-    ImageSet,
     load_images,
     reconstruction_losses,
     reconstruction_quality,
     train,
     train_from_config,
 )
-from mio.toyworld.scenes import Scene, SceneObject, render, sample_scenes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 TINY = CONFIGS / "image_tiny.toml"
@@ -105,7 +98,7 @@ def test_encode_accepts_every_image_mode(trained):
     rgb = render(sample_scenes(1, seed=2)[0], 64)
     variants = [
         rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("P"), rgb.convert("1"), rgb.convert("CMYK"),
-        rgb.convert("LA"), Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 257)),
+        rgb.convert("LA"), Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257),
         rgb.resize((300, 200)),
     ]
     codes = tok.encode(variants)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mio.cli import main
+from mio.cli.main import main
 from mio.model import ModelConfig, build_model, extend_vocab
-from mio.text_tokenizer import load_text_tokenizer
+from mio.tokenizers.text import load_text_tokenizer
 from mio.vocab import Vocab, VocabLayout
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
@@ -50,7 +50,7 @@ def test_text_tokenizer_command_trains_or_extends(tmp_path, text_tokenizer):
     vocab = Vocab(load_text_tokenizer(tmp_path / "tok"), VocabLayout(16, 4, 8, 4))
     assert vocab.decode_text(vocab.encode_text("a red circle")) == "a red circle"
     # extending a pretrained tokenizer (here: one without media tokens) keeps its text ids
-    from mio.text_tokenizer import train_bpe
+    from mio.tokenizers.text import train_bpe
 
     plain = train_bpe(["hello world"] * 10, 300)
     plain.save_pretrained(tmp_path / "plain")

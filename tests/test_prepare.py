@@ -10,13 +10,13 @@ import torch
 from PIL import Image as PILImage
 
 from conftest import SMALL_LAYOUT
-from mio import cli
+from mio.cli import main as cli
 from mio.data.manifest import ManifestError, parse_line
 from mio.data.prepare import SUMMARY_FILE, MediaError, PrepareConfig, prepare
 from mio.data.shards import open_dataset
+from mio.media.video import write_gif
 from mio.segments import Image, Speech
 from mio.tokenizers import base
-from mio.tokenizers.video import write_gif
 
 RATE = 8000
 FRAME_RATE = 50.0
@@ -210,7 +210,7 @@ def test_bad_line_and_bad_media_name_file_and_line(tmp_path, text_dir, corpus):
     bad = write_jsonl(mixed.parent / "bad.jsonl", lines[:1] + [
         {"type": "image_text_pair", "segments": [{"image": "media/bad.png"}, {"text": "x"}]}])
     cfg.manifests = [str(bad)]
-    with pytest.raises(MediaError, match=r"bad.jsonl:2: .*bad.png: not a readable image"):
+    with pytest.raises(MediaError, match=r"bad.jsonl:2: .*bad.png: cannot read image"):
         prepare(cfg, image_tokenizer=FakeImageTokenizer())
     assert not list((tmp_path / "o").rglob("meta.json"))  # the open shard was aborted
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mio.cli import COMMANDS, main
+from mio.cli.main import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

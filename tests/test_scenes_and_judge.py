@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import ImageFilter
 
-from mio.toyworld import image_judge
+from mio.judges import image as image_judge
 from mio.toyworld.scenes import COLORS, SHAPES, SIZES, Scene, SceneObject, caption, render, sample_scenes
 
 

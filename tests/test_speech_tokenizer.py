@@ -13,17 +13,17 @@ import soundfile as sf
 import torch
 
 from mio import config as config_lib
-from mio.tokenizers.audio import AudioError, load_audio
+from mio.media.audio import AudioError, load_audio
 from mio.tokenizers.base import SpeechTokenizer, load_tokenizer
 from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
-from mio.tokenizers.speech_train import (
+from mio.toyworld.speech_synth import Voice, synthesize
+from mio.train.speech_tokenizer import (
     SpeechTrainConfig,
     ctc_greedy,
     length_bucketed_batches,
     text_to_labels,
     train_from_config,
 )
-from mio.toyworld.speech_synth import Voice, synthesize
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 
@@ -89,7 +89,7 @@ def test_input_handling(trained, speech):
     assert torch.equal(tok.encode(stereo, 16000), codes)  # [channels, N]
     assert torch.equal(tok.encode(stereo.T, 16000), codes)  # [N, channels]
     for rate in (8000, 48000):
-        from mio.tokenizers.audio import resample
+        from mio.media.audio import resample
 
         other = tok.encode(resample(speech, 16000, rate), rate)
         assert abs(other.shape[1] - codes.shape[1]) <= 1
@@ -193,7 +193,7 @@ def test_ctc_helpers():
 
 
 def test_wer_normalises():
-    judge = pytest.importorskip("mio.eval.speech_judge")
+    judge = pytest.importorskip("mio.judges.speech")
     pytest.importorskip("jiwer")
     pytest.importorskip("whisper_normalizer")
     assert judge.wer(["three red circles"], ["Three red circles."]) == 0.0
@@ -205,7 +205,7 @@ def test_wer_normalises():
 def test_whisper_judge_caps_a_transcript_by_the_audio_length(monkeypatch):
     """Whisper's repetition loops ("end of end of ...") must not run to its 448-token limit:
     one such utterance made a corpus WER of 1.5 out of 0.5."""
-    from mio.eval import speech_judge
+    from mio.judges import speech as speech_judge
 
     class LoopingWhisper:
         def transcribe(self, audio, max_new_tokens=448, **kwargs):
@@ -218,7 +218,7 @@ def test_whisper_judge_caps_a_transcript_by_the_audio_length(monkeypatch):
 
 
 def test_whisper_judge_transcribes(speech):
-    from mio.eval import speech_judge
+    from mio.judges import speech as speech_judge
 
     if not speech_judge.available():
         pytest.skip(speech_judge.UNAVAILABLE_HINT)

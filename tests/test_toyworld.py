@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mio.cli import main
+from mio.cli.main import main
 from mio.config import ConfigError, load
-from mio.data.manifest import parse_line, read_manifest
 from mio.data.encode import PRETRAIN_TYPES
-from mio.toyworld import build, tasks, text, video_judge
-from mio.toyworld.charts import render_chart, sample_chart, chart_qa
+from mio.data.manifest import parse_line, read_manifest
+from mio.judges import video as video_judge
+from mio.toyworld import build, tasks, text
+from mio.toyworld.charts import chart_qa, render_chart, sample_chart
 from mio.toyworld.scenes import COLORS, SceneSampler
 from mio.toyworld.videos import KINDS, OTHER, describe_clip, narrate, render_clip, sample_clip, scene_change
 from mio.toyworld.world import WorldConfig, draw_scene, heldout_combo_set, item_rng, split_voices, uses_combo
@@ -212,3 +213,9 @@ def test_build_is_deterministic_across_worker_counts(tiny_world, tmp_path):
         assert ours == theirs[: len(ours)], rel
     image = json.loads((tmp_path / "sft/image_generation.jsonl").read_text().splitlines()[0])["messages"][-1]["content"][0]["image"]
     assert (tmp_path / "sft" / image).read_bytes() == (tiny_world / "sft" / image).read_bytes()
+
+
+def test_world_config_names_every_sft_task_builder():
+    from mio.toyworld.world import SFT_TASK_NAMES
+
+    assert tuple(tasks.SFT_TASKS) == SFT_TASK_NAMES

@@ -16,7 +16,7 @@ from mio.config import ConfigError
 from mio.data.encode import EncodeConfig, Sample, encode_sample
 from mio.data.shards import ShardWriter
 from mio.segments import Image, Speech, Text
-from mio.train import load_config, run_stages
+from mio.train.loop import load_config, run_stages
 
 WORDS = "red green blue circle square triangle left right big small the a is on of".split()
 
@@ -158,7 +158,7 @@ def test_bad_configs_name_the_key(tmp_path, data_dir):
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
-    from mio.cli import main
+    from mio.cli.main import main
 
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\nout_dir = "y"\ntext_tokenizer = "z"\nsteps = "many"\n[data]\nratios = {lang = 1}\n')

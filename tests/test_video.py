@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mio.tokenizers import video as V
+from mio.media import video as V
 from mio.toyworld.scenes import Scene, render, sample_scenes
 
 SHOT_LEN = 10

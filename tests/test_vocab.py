@@ -1,8 +1,8 @@
-import torch
 import pytest
+import torch
 
 from mio.segments import Image, Malformed, Speech, Text, Video
-from mio.text_tokenizer import build_text_tokenizer
+from mio.tokenizers.text import build_text_tokenizer
 from mio.vocab import Vocab, VocabLayout, render_image, render_speech
 
 

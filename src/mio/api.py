@@ -23,27 +23,28 @@ import dataclasses
 import json
 import logging
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image as PILImage
 from transformers import AutoModelForCausalLM
 
 from mio.data.encode import encode_prompt
+from mio.device import resolve_device
 from mio.generate import DecodingConfig, GenerationRequest, check_modalities, generate, stream
+from mio.media.audio import AudioError, load_audio
+from mio.media.image import open_image
+from mio.media.video import MIN_FRAMES, read_video, select_frames
 from mio.segments import Image, Malformed, Message, Segment, Speech, Text, Video
 from mio.templates import MODES
-from mio.text_tokenizer import load_text_tokenizer
-from mio.tokenizers.audio import AudioError, load_audio
 from mio.tokenizers.base import load_tokenizer
-from mio.tokenizers.image import open_image
-from mio.tokenizers.video import MIN_FRAMES, read_video, select_frames
+from mio.tokenizers.text import load_text_tokenizer
+from mio.train.checkpoint import RUN_FILE
 from mio.vocab import Vocab, VocabLayout
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 IMAGE_TOKENIZER_DIRS = ("image_tokenizer",)
 SPEECH_TOKENIZER_DIRS = ("speech_tokenizer", "SpeechTokenizer")  # ours; the released MIO-7B layout
 DEFAULT_FRAME_SIZE = 224
@@ -52,17 +53,6 @@ DEFAULT_FRAME_SIZE = 224
 
 class InputError(ValueError):
     """A message, segment or media file cannot be used; the message says which and why."""
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then the CPU; anything else is passed to torch."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def infer_layout(tokenizer, image_tokenizer=None, speech_tokenizer=None) -> VocabLayout:
@@ -137,7 +127,7 @@ class MIO:
         return self.model.device
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto") -> "MIO":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto") -> MIO:
         """Load a run directory: HF model + text tokenizer, `image_tokenizer/` and
         `speech_tokenizer/` (or a released `SpeechTokenizer/`), and the layout from
         run.json's config (inferred from the tokenizer when run.json is absent)."""
@@ -445,7 +435,7 @@ def save_segments(segments: Sequence[Segment], out_dir: str | Path, prefix: str 
     media without pixels or waveform are skipped with a warning. Returns the written paths."""
     import soundfile as sf
 
-    from mio.tokenizers.video import write_gif, write_mp4
+    from mio.media.video import write_gif, write_mp4
 
     if video_format not in ("gif", "mp4"):
         raise InputError(f"video_format must be 'gif' or 'mp4', got {video_format!r}")

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -115,7 +115,7 @@ class DecodingConfig:
         """The settings of one modality."""
         return getattr(self, modality)
 
-    def override(self, **overrides) -> "DecodingConfig":
+    def override(self, **overrides) -> DecodingConfig:
         """A copy with `overrides` applied: global fields directly, per-modality fields
         (temperature, top_p, ...) to all four modalities."""
         per_modality = {f.name for f in dataclasses.fields(ModalityDecoding)}
@@ -131,7 +131,7 @@ class DecodingConfig:
         return dataclasses.replace(self, **sections, **{k: v for k, v in overrides.items() if k in top})
 
     @classmethod
-    def greedy(cls, **overrides) -> "DecodingConfig":
+    def greedy(cls, **overrides) -> DecodingConfig:
         """Greedy decoding for every modality (no beams, no sampling, no penalties)."""
         plain = {m: ModalityDecoding(do_sample=False) for m in MODALITIES}
         return dataclasses.replace(cls(), **plain).override(**overrides)

@@ -13,8 +13,8 @@ so a user who types `<img12>` or `<|im_end|>` gets text ids, never a media or ch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -90,7 +90,7 @@ class Vocab:
     """Maps between model ids, media codes, segments and token strings.
 
     Built from a HF tokenizer that already holds the media tokens (see
-    `mio.text_tokenizer.add_media_tokens`). Each media range must be contiguous, which is
+    `mio.tokenizers.text.add_media_tokens`). Each media range must be contiguous, which is
     how tokens added in order are laid out; this lets range checks be two comparisons.
     """
 

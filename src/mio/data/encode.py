@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 
 from mio.segments import Image, Message, Segment, Speech, Text, Video
-from mio.templates import GENERATION_PROMPT, PRETRAIN_TEMPLATES, TURN_END, TURN_SEPARATOR, TURN_START, chat_turns
+from mio.templates import GENERATION_PROMPT, PRETRAIN_TEMPLATES, TURN_SEPARATOR, TURN_START, chat_turns
 from mio.vocab import Vocab
 
 PRETRAIN_TYPES = (

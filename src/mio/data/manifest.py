@@ -12,7 +12,7 @@ when the manifest is listed under its data type in the prepare config):
 
     {"text": "..."}
     {"image": "a.png"}                      any image Pillow reads
-    {"video": "clip.mp4"}                   a video file (frames picked by mio.tokenizers.video)
+    {"video": "clip.mp4"}                   a video file (frames picked by mio.media.video)
     {"video": ["f0.png", "f1.png", ...]}    a video given as its frames, in time order
     {"speech": "a.wav"}                     any audio soundfile reads
 
@@ -34,9 +34,10 @@ error names the manifest file and line.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
 
 from mio.data.encode import PRETRAIN_TYPES
 from mio.segments import ROLES

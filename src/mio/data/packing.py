@@ -23,8 +23,8 @@ come out under-filled are carried into the next buffer, which keeps padding well
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 

@@ -1,7 +1,7 @@
 """`mio prepare CONFIG`: tokenize a corpus once, offline, into training shards.
 
 Reads manifests (`mio.data.manifest`), loads each distinct media file once (images with
-Pillow, audio with soundfile, video files through `mio.tokenizers.video`), tokenizes images
+Pillow, audio with soundfile, video files through `mio.media.video`), tokenizes images
 in batches and speech one utterance at a time through the tokenizer protocol, encodes every
 sample with the paper's rules (`mio.data.encode`) and writes shards per data type:
 
@@ -34,29 +34,29 @@ Training then reads `data/shards/<data_type>` as the sources of a `MixtureConfig
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from mio.config import field_docs, load
 from mio.data.encode import EncodeConfig, Sample, SampleError, encode_sample, frames_for_text, subsample_frames
 from mio.data.manifest import MANIFEST_TYPES, SFT, ManifestError, Part, Record, read_manifest
 from mio.data.shards import ShardWriter
+from mio.media.audio import load_audio
+from mio.media.image import open_image
 from mio.segments import Image, Message, Segment, Speech, Text, Video
-from mio.text_tokenizer import load_text_tokenizer
 from mio.tokenizers.base import load_tokenizer
+from mio.tokenizers.text import load_text_tokenizer
 from mio.vocab import Vocab, VocabLayout
 
 log = logging.getLogger(__name__)
@@ -119,30 +119,12 @@ class OutputExistsError(FileExistsError, ValueError):
     """The output is already there (a ValueError too, so the CLI reports it in one line)."""
 
 
-def load_image(path: Path) -> PILImage.Image:
-    """An RGB image from disk; a clear error for missing or unreadable files."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with PILImage.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise MediaError(f"{path}: not a readable image ({e})") from None
-
-
-def load_speech(path: Path) -> tuple[torch.Tensor, int]:
-    """(waveform, sample rate) from an audio file; the one place audio is read."""
-    from mio.tokenizers.audio import load_audio
-
-    return load_audio(path)
-
-
 def load_video_frames(path: Path, k: int, method: str) -> list[PILImage.Image]:
     """`k` frames of a video file, in time order, chosen by `method`."""
     try:
-        from mio.tokenizers import video
+        from mio.media import video
     except ImportError as e:
-        raise MediaError(f"{path}: reading video files needs mio.tokenizers.video ({e}); give the video as a frame list instead") from None
+        raise MediaError(f"{path}: reading video files needs mio.media.video ({e}); give the video as a frame list instead") from None
     clip = video.read_video(path)
     if method == "keyframes":
         indices = video.keyframe_indices(clip, k)
@@ -208,7 +190,7 @@ class _Tokenized:
                     self._pending_videos[(ref.paths[0], k)] = load_video_frames(ref.paths[0], k, self.cfg.video_frame_selection)
             elif ref.paths[0] not in self.speech:
                 path = ref.paths[0]
-                wave, rate = load_speech(path)
+                wave, rate = load_audio(path)
                 seconds = wave.shape[-1] / rate
                 if record.data_type == "speech_text_pair" and seconds > self.cfg.encode.max_speech_seconds:
                     return False
@@ -227,7 +209,7 @@ class _Tokenized:
 
     def _want_image(self, path: Path) -> None:
         if path not in self.images and path not in self._pending:
-            self._pending[path] = load_image(path)
+            self._pending[path] = open_image(path)
 
     def flush(self) -> None:
         """Tokenize the images and video frames gathered so far, in batches."""
@@ -417,22 +399,3 @@ def _check_tokenizers(layout: VocabLayout, image_tokenizer, speech_tokenizer) ->
         )
     if speech_tokenizer is not None and speech_tokenizer.codebook_size != layout.speech_codebook_size:
         raise ValueError(f"speech tokenizer has {speech_tokenizer.codebook_size} codes per layer, the layout {layout.speech_codebook_size}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    docs = field_docs(PrepareConfig)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "config keys:\n" + "\n".join(f"  {k}: {v}" for k, v in docs.items())
-    parser.add_argument("config", help="TOML file holding a PrepareConfig (keys below)")
-    parser.add_argument("--output-dir", help="override output_dir")
-    parser.add_argument("--overwrite", action="store_true", help=docs.get("overwrite"))
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = {}
-    if args.output_dir:
-        overrides["output_dir"] = args.output_dir
-    if args.overwrite:
-        overrides["overwrite"] = True
-    prepare(load(PrepareConfig, args.config, overrides))
-    return 0

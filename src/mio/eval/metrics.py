@@ -4,7 +4,7 @@
   stripping punctuation (the Java PTB tokenizer is not needed for templated captions);
 - VQA accuracy with the standard answer normalisation (punctuation, number words to digits,
   articles and common contractions);
-- WER after Whisper's English normalisation (`mio.eval.speech_judge.wer`: whisper-normalizer
+- WER after Whisper's English normalisation (`mio.judges.speech.wer`: whisper-normalizer
   and jiwer);
 - MCQ accuracy from the option letter a reply gives;
 - SSIM (scikit-image) between a generated image and the ground-truth render;
@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -99,7 +99,7 @@ def mcq_letter(text: str) -> str | None:
 
 def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Corpus WER after Whisper's English normalisation."""
-    from mio.eval.speech_judge import wer as judge_wer
+    from mio.judges.speech import wer as judge_wer
 
     return judge_wer(references, hypotheses)
 

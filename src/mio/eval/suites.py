@@ -29,18 +29,22 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from PIL import Image as PILImage
 
 from mio.data.encode import EncodeConfig
 from mio.data.manifest import MediaRef, read_manifest
-from mio.eval import metrics, speech_judge
-from mio.eval.prompts import ANSWER_MARKER, BASE_TEMPLATES, ICL_ANSWER, base_prompt
+from mio.eval import metrics
+from mio.judges import image as image_judge
+from mio.judges import speech as speech_judge
+from mio.judges import video as video_judge
+from mio.media.audio import load_audio
+from mio.media.image import open_image
+from mio.prompts import ANSWER_MARKER, BASE_TEMPLATES, ICL_ANSWER, base_prompt
 from mio.segments import Image, Message, Segment, Speech, Text, Video
-from mio.toyworld import image_judge, video_judge
 from mio.toyworld.scenes import render
 from mio.toyworld.tasks import clip_from_json, scene_from_json
 from mio.toyworld.videos import narrate, scene_change
@@ -89,14 +93,11 @@ class EvalItem:
 
 def _load_media(ref: MediaRef, image_size: int) -> Segment:
     if ref.kind == "image":
-        with PILImage.open(ref.paths[0]) as im:
-            return Image(image=im.convert("RGB"))
+        return Image(image=open_image(ref.paths[0]))
     if ref.kind == "speech":
-        from mio.tokenizers.audio import load_audio
-
         wave, rate = load_audio(ref.paths[0])
         return Speech(wave=wave, sample_rate=rate)
-    from mio.tokenizers.video import read_video, select_frames
+    from mio.media.video import read_video, select_frames
 
     # The frames SFT saw: `mio prepare` picks max_video_frames evenly for chat videos.
     frames = select_frames(read_video(ref.paths[0]), EncodeConfig().max_video_frames, image_size)
@@ -324,8 +325,6 @@ def asr(r: Runner, items: list[EvalItem]) -> dict:
 
 
 def _transcribe_files(paths: list[Path]) -> list[str]:
-    from mio.tokenizers.audio import load_audio
-
     return [speech_judge.transcribe([wave], rate)[0] for wave, rate in map(load_audio, paths)]
 
 

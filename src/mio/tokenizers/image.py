@@ -45,20 +45,14 @@ from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
 from mio.config import load as load_config
+from mio.media.image import to_rgb
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_TYPE = "mio-image"
-# Images with more pixels than this are refused before decoding (decompression bombs).
-DEFAULT_MAX_PIXELS = 64_000_000
-_MAX_16BIT = 65535.0
 _MAX_8BIT = 255.0
 # Decoder output channels per pixel: foreground RGB, background RGB, matte logit.
 DECODER_CHANNELS = 7
-
-
-class ImageFileError(ValueError):
-    """An image file cannot be used; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -286,51 +280,6 @@ class ImageTokenizerModel(nn.Module):
                 "quantized": quantized, "commit_loss": commit_loss}
 
 
-def to_rgb(image: PILImage.Image) -> PILImage.Image:
-    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16-bit and 32-bit
-    integer images are scaled to 8 bits (a plain `convert` would clip them to white)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.float64)
-        top = _MAX_16BIT if values.max(initial=0) <= _MAX_16BIT else values.max()
-        gray = np.clip(values / top * _MAX_8BIT, 0, _MAX_8BIT).astype(np.uint8)
-        return PILImage.fromarray(gray, mode="L").convert("RGB")
-    if image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        lo, hi = values.min(initial=0), values.max(initial=1)
-        gray = ((values - lo) / max(hi - lo, 1e-12) * _MAX_8BIT).astype(np.uint8)
-        return PILImage.fromarray(gray, mode="L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PILImage.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Image:
-    """Read an image file as RGB, refusing oversized, truncated or corrupt files with an
-    `ImageFileError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageFileError(f"{path}: image file not found")
-    try:
-        with PILImage.open(path) as image:
-            # The header alone gives the size, so a huge image is refused before decoding.
-            if image.width * image.height > max_pixels:
-                raise ImageFileError(
-                    f"{path}: image is {image.width}x{image.height}, more than the {max_pixels} pixel limit"
-                )
-            image.load()
-            return to_rgb(image)
-    except ImageFileError:
-        raise
-    except PILImage.DecompressionBombError as e:
-        raise ImageFileError(f"{path}: image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable / truncated data
-        raise ImageFileError(f"{path}: cannot read image ({e})") from None
-
-
 def images_to_tensor(images: list[PILImage.Image], image_size: int) -> torch.Tensor:
     """PIL images (any mode and size) -> float tensor [N, 3, S, S] in [-1, 1]."""
     arrays = []
@@ -411,7 +360,7 @@ class EmbeddedImageTokenizer:
         save_model(self.model, str(directory / WEIGHTS_NAME))
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "EmbeddedImageTokenizer":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> EmbeddedImageTokenizer:
         """Read a directory written by `save`."""
         directory = Path(directory)
         config_path = directory / CONFIG_NAME

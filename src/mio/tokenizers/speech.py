@@ -27,7 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 from vector_quantize_pytorch import ResidualVQ
 
-from mio.tokenizers.audio import Spectrogram, normalize_loudness, prepare_wave
+from mio.media.audio import normalize_loudness, prepare_wave
+from mio.tokenizers.spectrogram import Spectrogram
 
 TOKENIZER_TYPE = "mio-speech"
 CONFIG_FILE = "config.json"
@@ -300,7 +301,7 @@ class EmbeddedSpeechTokenizer:
         save_model(self.codec, str(directory / WEIGHTS_FILE))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "EmbeddedSpeechTokenizer":
+    def load(cls, directory: str | Path) -> EmbeddedSpeechTokenizer:
         """Read a directory written by `save`."""
         from mio import config as config_lib
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mio.tokenizers.audio import prepare_wave
+from mio.media.audio import prepare_wave
 from mio.tokenizers.speech import check_codes
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class SpeechTokenizerAdapter:
         return next(self.model.parameters()).device
 
     @classmethod
-    def load(cls, directory: str | Path) -> "SpeechTokenizerAdapter":
+    def load(cls, directory: str | Path) -> SpeechTokenizerAdapter:
         """Load `config.json` + `SpeechTokenizer.pt` (state_dict, read with weights_only=True)."""
         directory = Path(directory)
         if not is_speechtokenizer_dir(directory):

@@ -20,7 +20,6 @@ the same config whatever the number of workers.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import hashlib
 import json
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mio.config import field_docs, load, to_dict
+from mio.config import load, to_dict
 from mio.data.encode import PRETRAIN_TYPES
 from mio.toyworld import tasks
 from mio.toyworld import text as language
@@ -109,7 +108,7 @@ class MediaStore:
     def keyframes(self, clip: Clip) -> list[tuple[str, int]]:
         """The clip's MP4 read back and cut into keyframes by scene detection: (frame PNG,
         index of the state it shows) per keyframe, in time order."""
-        from mio.tokenizers.video import keyframe_indices, make_detector, read_video
+        from mio.media.video import keyframe_indices, make_detector, read_video
 
         video, _ = self._video_file(clip)
         decoded = read_video(video)
@@ -305,21 +304,3 @@ def build(cfg: WorldConfig, out: str | Path | None = None, overwrite: bool = Fal
     log.info("built %d items (%s media files) in %.1fs: %s", total, sum(summary["media"].values()),
              summary["seconds"]["total"], root)
     return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    docs = field_docs(WorldConfig)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "config keys:\n" + "\n".join(f"  {k}: {v}" for k, v in docs.items())
-    parser.add_argument("config", help="TOML file holding a WorldConfig (e.g. configs/toyworld/default.toml)")
-    parser.add_argument("--out", help="output directory (default: the config's out_dir)")
-    parser.add_argument("--workers", type=int, help=docs.get("workers"))
-    parser.add_argument("--overwrite", action="store_true", help="replace a world already in the output directory")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = {"workers": args.workers} if args.workers else {}
-    cfg = load(WorldConfig, args.config, overrides)
-    build(cfg, args.out, overwrite=args.overwrite)
-    return 0
-

@@ -2,7 +2,7 @@
 
 The embedded world's images. Every object has a shape, a colour, a size and a grid cell;
 each scene gets a light background tint and a small per-object position jitter, so no two
-renders are identical while the pixel-level judge (`mio.toyworld.image_judge`) can still
+renders are identical while the pixel-level judge (`mio.judges.image`) can still
 read every attribute back. Everything is deterministic given a seed.
 """
 

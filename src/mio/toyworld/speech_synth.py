@@ -30,13 +30,13 @@ import os
 import random
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from mio.tokenizers.audio import resample
+from mio.media.audio import resample
 
 log = logging.getLogger(__name__)
 

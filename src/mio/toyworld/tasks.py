@@ -9,22 +9,34 @@ training conversations and, with `Context.test` set, the test items of the evalu
 suites (`EVAL_SUITES`): test speech is spoken by held-out voices, and test generation
 targets may use held-out attribute combinations.
 
-Prompts come from `mio.eval.prompts`, so training and evaluation ask the same way.
+Prompts come from `mio.prompts`, so training and evaluation ask the same way.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
-from mio.eval.prompts import ANSWER_MARKER, ICL_ANSWER, instruction
+from mio.prompts import ANSWER_MARKER, ICL_ANSWER, instruction
 from mio.toyworld import text as language
-from mio.toyworld.text import plural
 from mio.toyworld.charts import chart_qa, sample_chart
 from mio.toyworld.scenes import COLORS, ROW_NAMES, SHAPES, Scene, SceneObject, caption
 from mio.toyworld.speech_synth import Voice
-from mio.toyworld.videos import Change, Clip, apply_change, clip_qa, describe_clip, name, narrate, random_change, sample_clip, where
+from mio.toyworld.text import plural
+from mio.toyworld.videos import (
+    Change,
+    Clip,
+    apply_change,
+    clip_qa,
+    describe_clip,
+    name,
+    narrate,
+    random_change,
+    sample_clip,
+    where,
+)
 from mio.toyworld.world import WorldConfig, draw_scene
 
 CAPTION_REFERENCES = 8

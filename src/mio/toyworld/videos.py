@@ -4,7 +4,7 @@ A `Change` is one edit of a scene: an object moves, grows, shrinks, changes colo
 or disappears. The same changes drive video clips (the change unfolds over 4-8 states),
 image editing, chain-of-visual-thought and multi-scene stories. `scene_change` recovers
 the change between two object sets, so a judge that reads objects from pixels also reads
-the change (`mio.toyworld.video_judge`).
+the change (`mio.judges.video`).
 
 A `Clip` is a list of scene states; `write_clip` renders it to an MP4 file in which every
 state lasts `repeat` frames, so that scene detection finds each state as a shot.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mio.tokenizers.video import write_mp4
+from mio.media.video import write_mp4
 from mio.toyworld.scenes import COLORS, GRID, SHAPES, SIZES, Scene, SceneObject, caption, render
 
 # MP4 frames are drawn this many times larger than the frame size: H.264 at 64 px blurs

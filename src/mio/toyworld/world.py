@@ -28,6 +28,15 @@ from mio.toyworld.speech_synth import Voice, voice_pool
 MAX_DRAWS = 1000
 
 
+# The SFT tasks a world builds (each a builder in `tasks.SFT_TASKS`, in this order): Table 10's
+# tasks as toyworld analogues, chain of visual thought and speech-to-speech.
+SFT_TASK_NAMES = (
+    "language", "icl", "mcot", "chart", "image_editing", "asr", "video_dialogue", "image_qa", "speech_generation",
+    "speech_understanding", "image_captioning", "image_generation", "tts", "video_generation", "video_understanding",
+    "video_captioning", "storytelling", "covt", "speech_to_speech",
+)
+
+
 @dataclass
 class WorldConfig:
     """What `mio toyworld` builds. Counts are items per data type, task or suite."""
@@ -87,11 +96,9 @@ class WorldConfig:
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        from mio.toyworld.tasks import SFT_TASKS  # here: tasks imports this module
-
         for task, n in self.sft_task_counts.items():
-            if task not in SFT_TASKS:
-                raise ValueError(f"sft_task_counts: unknown task {task!r} (tasks: {', '.join(SFT_TASKS)})")
+            if task not in SFT_TASK_NAMES:
+                raise ValueError(f"sft_task_counts: unknown task {task!r} (tasks: {', '.join(SFT_TASK_NAMES)})")
             if n < 0:
                 raise ValueError(f"sft_task_counts.{task} must be >= 0")
         heldout_combo_set(self)  # raises on unknown colours or shapes

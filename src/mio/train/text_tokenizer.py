@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from mio import config as config_lib
 from mio.data.manifest import read_manifest
 from mio.templates import PRETRAIN_TEMPLATES, SYSTEM_PROMPTS
-from mio.text_tokenizer import add_media_tokens, build_text_tokenizer, load_text_tokenizer
+from mio.tokenizers.text import add_media_tokens, build_text_tokenizer, load_text_tokenizer
 from mio.vocab import Vocab, VocabLayout
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ measured on held-out sentences spoken by held-out voices:
   the voice);
 - codebook usage per layer, encode / decode real-time factors on this machine;
 - intelligibility: Whisper WER on decoded audio beside its WER on the original audio, when
-  the optional judge (`mio.eval.speech_judge`) is installed.
+  the optional judge (`mio.judges.speech`) is installed.
 
 The output directory holds the tokenizer (config.json + model.safetensors) and metrics.json.
 """
@@ -31,7 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from mio import config as config_lib
-from mio.tokenizers.audio import normalize_loudness
+from mio.media.audio import normalize_loudness
 from mio.tokenizers.speech import CTC_ALPHABET, EmbeddedSpeechTokenizer, SpeechCodec, SpeechTokenizerConfig
 from mio.toyworld import speech_synth
 
@@ -336,7 +336,7 @@ def _train(cfg: SpeechTrainConfig, out_dir: str | Path | None) -> tuple[Embedded
 @torch.no_grad()
 def evaluate(tokenizer: EmbeddedSpeechTokenizer, utts: Utterances, per_speaker: int) -> dict:
     """Reconstruction, content, disentanglement, codebook usage and speed on held-out audio."""
-    from mio.eval.speech_judge import cer
+    from mio.judges.speech import cer
 
     codec, sr = tokenizer.codec.eval(), tokenizer.sample_rate
     codes, decoded = [], []
@@ -413,7 +413,7 @@ def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, is_train: torch
 
 def judge(tokenizer: EmbeddedSpeechTokenizer, utts: Utterances, n: int) -> dict:
     """Whisper WER on original vs decoded held-out audio, or why it was skipped."""
-    from mio.eval import speech_judge
+    from mio.judges import speech as speech_judge
 
     if n <= 0:
         return {"skipped": "judge_utterances = 0"}

@@ -1,6 +1,6 @@
 """Training: one stage of MIO's recipe (pre-training Stage I/II/III or SFT), start to finish.
 
-    mio train configs/toy/stage1.toml configs/toy/stage2.toml ... [--resume]
+    mio train configs/toy/stage1.toml configs/toy/stage2.toml ... [--resume]   (see `mio.cli.train`)
 
 Each config is one stage; stages given together run in order, each starting from the
 previous stage's final weights. Read top to bottom: config -> setup (vocab, model, data,
@@ -10,19 +10,17 @@ The data stream is a stage `Mixture` of pre-tokenized shards, packed into rows w
 document-causal attention. Losses are reported per data type and per modality of the
 predicted token (the paper's Figure 2). Checkpoints hold model, optimizer, scheduler, RNG and
 data position; they are written to a temporary directory and renamed into place, and a run
-killed at any moment resumes (`--resume`) with the same subsequent losses.
+killed at any moment resumes (`--resume`) with the same subsequent losses (`checkpoint.py`).
 
-Under `torchrun --nproc_per_node N` the model is sharded with FSDP2 (`fully_shard`) and each
-rank reads a disjoint share of the mixture (gloo on CPU, nccl on GPU).
+Under `torchrun --nproc_per_node N` the model is sharded with FSDP2 and each rank reads a
+disjoint share of the mixture (`distributed.py`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -32,22 +30,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+from transformers import AutoModelForCausalLM
 
 from mio import config as config_lib
 from mio.data.mixture import Mixture, MixtureConfig
-from mio.data.packing import IGNORE, Packer, PackedBatch
+from mio.data.packing import IGNORE, PackedBatch, Packer
 from mio.data.shards import open_dataset
 from mio.model import ModelConfig, build_model, count_parameters, token_losses
-from mio.text_tokenizer import load_text_tokenizer
+from mio.tokenizers.text import load_text_tokenizer
+from mio.train import checkpoint, distributed
+from mio.train.schedule import cosine_schedule
 from mio.vocab import Vocab, VocabLayout
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("text", "image", "speech")
-STATE_FILE = "trainer_state.pt"
-LATEST = "latest"
 
 
 @dataclass
@@ -149,59 +146,6 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     return config_lib.load(TrainConfig, path, overrides)
 
 
-# ---------------------------------------------------------------- distributed helpers
-
-
-def _dist_setup(device_kind: str) -> tuple[int, int]:
-    """Join the process group under torchrun; (rank, world_size), (0, 1) when run alone."""
-    if "RANK" not in os.environ:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _resolve_device(spec: str, rank: int) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda" and "LOCAL_RANK" in os.environ:
-        spec = f"cuda:{os.environ['LOCAL_RANK']}"
-    return torch.device(spec)
-
-
-def _shard_model(model, world_size: int) -> None:
-    """FSDP2: shard each decoder layer, then the root (embeddings, norm, head)."""
-    if world_size == 1:
-        return
-    from torch.distributed.fsdp import fully_shard
-
-    for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
-
-
-def _full_state(model, optimizer, world_size: int) -> tuple[dict, dict]:
-    """Unsharded model and optimizer state (gathered to CPU; identical on every rank)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    if world_size == 1:
-        return model.state_dict(), optimizer.state_dict()
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
-
-
-def _load_full_state(model, optimizer, model_state: dict, optim_state: dict, world_size: int) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    if world_size == 1:
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optim_state)
-        return
-    opts = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, model_state, options=opts)
-    set_optimizer_state_dict(model, optimizer, optim_state, options=opts)
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -212,9 +156,7 @@ class Stage:
         cfg.check_paths()
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
-        device_kind = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-        self.rank, self.world_size = _dist_setup(device_kind)
-        self.device = _resolve_device(cfg.device, self.rank)
+        self.rank, self.world_size, self.device = distributed.setup(cfg.device)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
@@ -231,7 +173,7 @@ class Stage:
         else:
             self.model = build_model(cfg.model, self.vocab.size)
         self.model.to(self.device)
-        _shard_model(self.model, self.world_size)
+        distributed.shard_model(self.model, self.world_size)
 
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
@@ -239,7 +181,7 @@ class Stage:
             fused=self.device.type == "cuda",
         )
         warmup = math.ceil(o.warmup_ratio * cfg.steps)
-        self.scheduler = _cosine(self.optimizer, warmup, cfg.steps, o.min_lr_ratio)
+        self.scheduler = cosine_schedule(self.optimizer, warmup, cfg.steps, o.min_lr_ratio)
 
         self.mixture = Mixture(cfg.data, rank=self.rank, world_size=self.world_size)
         opens = (self.vocab.image_start, self.vocab.speech_start)
@@ -257,51 +199,32 @@ class Stage:
         return self.out / "checkpoints"
 
     def save_checkpoint(self) -> None:
-        """Write model + trainer state to step_N.tmp, rename to step_N, then point `latest` at it."""
-        model_state, optim_state = _full_state(self.model, self.optimizer, self.world_size)
+        """Write model + trainer state as checkpoint `step`, atomically (see `checkpoint.save`)."""
+        model_state, optim_state = distributed.full_state(self.model, self.optimizer, self.world_size)
         if self.rank == 0:
-            root = self._checkpoint_dir()
-            final = root / f"step_{self.step:07d}"
-            tmp = root / f"step_{self.step:07d}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            _unwrap(self.model).save_pretrained(tmp, state_dict=model_state)
-            torch.save(
-                {
-                    "step": self.step,
-                    "optimizer": optim_state,
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": _rng_state(),
-                    "mixture": self.mixture.state_dict(),
-                    "packer": self.packer.state_dict(),
-                    "history": self.history,
-                },
-                tmp / STATE_FILE,
-            )
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            _write_atomic(root / LATEST, final.name)
-            for old in sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-            log.info("checkpoint written: %s", final)
-        if self.world_size > 1:
-            dist.barrier()
+            state = {
+                "step": self.step,
+                "optimizer": optim_state,
+                "scheduler": self.scheduler.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "mixture": self.mixture.state_dict(),
+                "packer": self.packer.state_dict(),
+                "history": self.history,
+            }
+            path = checkpoint.save(self._checkpoint_dir(), self.step, distributed.unwrap(self.model), model_state, state,
+                                   self.cfg.keep_checkpoints)
+            log.info("checkpoint written: %s", path)
+        distributed.barrier(self.world_size)
 
     def _restore(self) -> None:
-        pointer = self._checkpoint_dir() / LATEST
-        if not pointer.is_file():
+        ckpt = checkpoint.latest(self._checkpoint_dir())
+        if ckpt is None:
             log.info("no checkpoint in %s; starting from the beginning", self._checkpoint_dir())
             return
-        ckpt = self._checkpoint_dir() / pointer.read_text().strip()
-        state = torch.load(ckpt / STATE_FILE, weights_only=True)
-        from safetensors.torch import load_file
-
-        model_state = load_file(str(ckpt / "model.safetensors"))
-        if _unwrap(self.model).config.tie_word_embeddings:
-            model_state.setdefault("lm_head.weight", model_state["model.embed_tokens.weight"])
-        _load_full_state(self.model, self.optimizer, model_state, state["optimizer"], self.world_size)
+        model_state, state = checkpoint.load(ckpt, distributed.unwrap(self.model).config.tie_word_embeddings)
+        distributed.load_full_state(self.model, self.optimizer, model_state, state["optimizer"], self.world_size)
         self.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"])
         self.mixture.load_state_dict(state["mixture"])
         self.packer.load_state_dict(state["packer"])
         self.step = state["step"]
@@ -316,7 +239,7 @@ class Stage:
             return
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         kept = [r for r in records if r.get("stage") != self.cfg.name or r.get("step", 0) <= self.step]
-        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+        checkpoint.write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- training --
 
@@ -410,9 +333,9 @@ class Stage:
 
     def export(self) -> None:
         """The run directory as a loadable model: HF weights, tokenizers, run.json."""
-        model_state, _ = _full_state(self.model, self.optimizer, self.world_size)
+        model_state, _ = distributed.full_state(self.model, self.optimizer, self.world_size)
         if self.rank == 0:
-            _unwrap(self.model).save_pretrained(self.out, state_dict=model_state)
+            distributed.unwrap(self.model).save_pretrained(self.out, state_dict=model_state)
             self.tokenizer.save_pretrained(self.out)
             for key, sub in (("image_tokenizer", "image_tokenizer"), ("speech_tokenizer", "speech_tokenizer")):
                 src = getattr(self.cfg, key)
@@ -427,10 +350,9 @@ class Stage:
                 "packing": {"pad_fraction": self.packer.stats.pad_fraction, "split": self.packer.stats.split,
                             "dropped": self.packer.stats.dropped},
             }
-            _write_atomic(self.out / "run.json", json.dumps(run, indent=2))
+            checkpoint.write_atomic(self.out / checkpoint.RUN_FILE, json.dumps(run, indent=2))
             log.info("%s done: model written to %s", self.cfg.name, self.out)
-        if self.world_size > 1:
-            dist.barrier()
+        distributed.barrier(self.world_size)
 
 
 # ---------------------------------------------------------------- loss bookkeeping
@@ -468,8 +390,7 @@ class _LossSums:
         keys = sorted(self.sums)
         sums, counts = [self.sums[k] for k in keys], [self.counts[k] for k in keys]
         if all_reduce:
-            gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, dict(zip(keys, zip(sums, counts))))
+            gathered = distributed.all_gather_objects(dict(zip(keys, zip(sums, counts))))
             merged: dict[str, list] = {}
             for part in gathered:
                 for k, (s, c) in part.items():
@@ -502,82 +423,9 @@ class _LossWindow:
 # ---------------------------------------------------------------- small utilities
 
 
-def _cosine(optimizer, warmup: int, total: int, min_ratio: float):
-    """Linear warmup then cosine decay to `min_ratio` of the peak."""
-    if min_ratio == 0:
-        return get_cosine_schedule_with_warmup(optimizer, warmup, total)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)
-
-
-def _rng_state() -> dict:
-    """Every RNG a stage may touch, as plain lists (loadable with weights_only=True)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "python": [version, list(internal), gauss_next],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _fmt_seconds(s: float) -> str:
     s = int(s)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("configs", nargs="+", help="stage TOML configs, run in order")
-    p.add_argument("--resume", action="store_true", help="continue each stage from its latest checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set steps=10 --set optim.lr=1e-4 (applies to every stage)")
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    import tomllib
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key] = value
-    return out
 
 
 def run_stages(paths: list[str], resume: bool = False, overrides: dict | None = None) -> list[dict]:
@@ -587,17 +435,10 @@ def run_stages(paths: list[str], resume: bool = False, overrides: dict | None = 
         cfg = load_config(path, overrides)
         if not cfg.init_from and previous:
             cfg.init_from = previous
-        final_marker = Path(cfg.out_dir) / "run.json"
+        final_marker = Path(cfg.out_dir) / checkpoint.RUN_FILE
         if resume and final_marker.is_file() and json.loads(final_marker.read_text()).get("steps") == cfg.steps:
             log.info("%s already finished (%s); skipping", cfg.name, final_marker)
         else:
             results.append(Stage(cfg, resume=resume).run())
         previous = cfg.out_dir
     return results
-
-
-def run(args: argparse.Namespace) -> int:
-    run_stages(args.configs, resume=args.resume, overrides=_parse_overrides(args.set))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0

@@ -1,6 +1,6 @@
 """A judge of videos: the image judge on every frame, plus the change between frames.
 
-Each frame is read back into objects by `mio.toyworld.image_judge`. A video is right when
+Each frame is read back into objects by `mio.judges.image`. A video is right when
 the change from its first to its last frame is the change the clip should show
 (`change_accuracy`); beside that the judge reports whether the first and last frames are
 exactly right, the fraction of frames exactly right against the true state at the same
@@ -13,15 +13,15 @@ the judge on ground-truth clips written to MP4 and read back.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 
-from mio.tokenizers.video import read_video, select_frames
-from mio.toyworld.image_judge import object_key, read_objects
-from mio.toyworld.videos import OTHER, Clip, sample_clip, scene_change, write_clip
+from mio.judges.image import object_key, read_objects
+from mio.media.video import read_video, select_frames
 from mio.toyworld.scenes import SceneSampler
+from mio.toyworld.videos import OTHER, Clip, sample_clip, scene_change, write_clip
 from mio.toyworld.world import item_rng
 
 
@@ -70,7 +70,7 @@ def score(clips: Sequence[Clip], videos: Sequence[Sequence[Image.Image]]) -> dic
 def validate(n: int = 100, seed: int = 4321, image_size: int = 64, repeat: int = 3, fps: float = 6.0,
              min_frames: int = 4, max_frames: int = 8) -> dict[str, float]:
     """The judge's accuracy on `n` ground-truth clips written as MP4, read back and
-    subsampled to one frame per state by `mio.tokenizers.video` (as training data is)."""
+    subsampled to one frame per state by `mio.media.video` (as training data is)."""
     clips = []
     for i in range(n):
         rng = item_rng(seed, "video-judge", i)

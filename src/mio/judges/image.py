@@ -11,12 +11,12 @@ generated images, so it is validated against ground-truth renders (`validate`).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
-from skimage import measure
 from scipy import ndimage
+from skimage import measure
 
 from mio.toyworld.scenes import COLORS, GRID, SIZE_FRACTION, Scene, SceneObject, render, sample_scenes
 

@@ -32,26 +32,27 @@ steps also continue from their last checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from mio import config as config_lib
+from mio.logs import configure_logging
 from mio.vocab import VocabLayout
 
 log = logging.getLogger(__name__)
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("smoke", "default", "long", "gpu")
 STATE_FILE = "demo_state.json"
 STAGE3_ASR_TEMPLATE = "asr_stage3"
@@ -199,7 +200,7 @@ class Demo:
 
     def _stage_config(self, path: str, layout: VocabLayout | None = None):
         """A stage config with the preset's overrides, paths moved under the demo directory."""
-        from mio.train import load_config
+        from mio.train.loop import load_config
 
         overrides = dict(self.cfg.stage_overrides)
         if layout is not None:
@@ -230,14 +231,14 @@ class Demo:
         return {"items": sum(sum(c.values()) for c in summary["counts"].values())}
 
     def train_image_tokenizer(self) -> dict:
-        from mio.tokenizers.image_train import train_from_config
+        from mio.train.image_tokenizer import train_from_config
 
         metrics = train_from_config(self.cfg.image_tokenizer, self.tokenizers / "image")
         return {k: metrics[k] for k in ("psnr", "ssim", "judge_exact", "usage") if k in metrics}
 
     def train_speech_tokenizer(self) -> dict:
-        from mio.report import TOKENIZER_HEADLINES, numeric_leaves
-        from mio.tokenizers.speech_train import train_from_config
+        from mio.demo.report import TOKENIZER_HEADLINES, numeric_leaves
+        from mio.train.speech_tokenizer import train_from_config
 
         metrics = numeric_leaves(train_from_config(self.cfg.speech_tokenizer, self.tokenizers / "speech"))
         return {k: metrics[k] for k in TOKENIZER_HEADLINES["speech"] if k in metrics}
@@ -257,7 +258,7 @@ class Demo:
             return {"image": image.result(), "speech": speech.result()}
 
     def step_text_tokenizer(self) -> dict:
-        from mio.tokenizers.text_train import TextTokenizerConfig, build
+        from mio.train.text_tokenizer import TextTokenizerConfig, build
 
         manifests = sorted(str(p) for p in (self.world / "pretrain").glob("*.jsonl"))
         manifests += sorted(str(p) for p in (self.world / "sft").glob("*.jsonl"))
@@ -295,7 +296,7 @@ class Demo:
                 "stage3_tokens": {t: s["tokens"] for t, s in stage3["data_types"].items()}}
 
     def step_stage(self, index: int) -> dict:
-        from mio.train import Stage
+        from mio.train.loop import Stage
 
         cfg = self._stage_config(self.cfg.stages[index], self.layout())
         if not cfg.init_from and index > 0:
@@ -318,7 +319,7 @@ class Demo:
         return {"suites": len(result["suites"]), "skipped": len(result["skipped"])}
 
     def step_report(self) -> dict:
-        from mio.report import write_report
+        from mio.demo.report import write_report
 
         paths = write_report(self.out, self.preset, [str(self.run_dir(s)) for s in self.stage_names], self.cfg.eval_samples)
         return {"report": str(paths[0])}
@@ -341,10 +342,8 @@ class Demo:
 
 def _init_worker(threads: int, log_level: int) -> None:
     """A worker process of the demo: its share of the CPU threads, the CLI's log format."""
-    from mio.cli import LOG_DATE_FORMAT, LOG_FORMAT
-
     torch.set_num_threads(threads)
-    logging.basicConfig(level=log_level, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
+    configure_logging(log_level)
 
 
 def run_demo(cfg: DemoConfig, out: str | Path, preset: str = "custom", restart: bool = False) -> dict:
@@ -378,20 +377,3 @@ def run_demo(cfg: DemoConfig, out: str | Path, preset: str = "custom", restart: 
     log.info("demo finished: %s of steps (%s this run); report: %s", _fmt(total), _fmt(time.monotonic() - started),
              out / "report.html")
     return state.data
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="default", choices=PRESETS, help="scale of the run (default: default)")
-    parser.add_argument("--config", help="a DemoConfig TOML instead of a named preset")
-    parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    parser.add_argument("--restart", action="store_true", help="forget finished steps and run everything again")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = Path(args.config) if args.config else preset_path(args.preset)
-    preset = path.stem if args.config else args.preset
-    run_demo(load_demo_config(path), args.out, preset, args.restart)
-    return 0

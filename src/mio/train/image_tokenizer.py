@@ -43,16 +43,9 @@ from tqdm import tqdm
 
 from mio.config import load as load_config
 from mio.config import to_dict
-from mio.tokenizers.image import (
-    DEFAULT_MAX_PIXELS,
-    EmbeddedImageTokenizer,
-    ImageFileError,
-    ImageTokenizerConfig,
-    ImageTokenizerModel,
-    images_to_tensor,
-    open_image,
-)
-from mio.toyworld import image_judge
+from mio.judges import image as image_judge
+from mio.media.image import DEFAULT_MAX_PIXELS, ImageFileError, open_image
+from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig, ImageTokenizerModel, images_to_tensor
 from mio.toyworld.scenes import Scene, caption, render, sample_scenes
 
 log = logging.getLogger(__name__)

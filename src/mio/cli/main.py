@@ -1,8 +1,8 @@
 """The `mio` command.
 
-Each command lives in the module that implements it, which provides
-`add_arguments(parser)` and `run(args) -> int | None`. Only the module of the command being
-run is imported, so `mio --help` is instant.
+Each command is one module of `mio.cli`, named for it, providing `add_arguments(parser)`
+and `run(args) -> int | None`; the library does the work. Only the module of the command
+being run is imported, so `mio --help` is instant.
 """
 
 from __future__ import annotations
@@ -12,21 +12,20 @@ import importlib
 import logging
 import sys
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_DATE_FORMAT = "%H:%M:%S"
+from mio.logs import configure_logging
 
 # name -> (module, one-line help). Nested commands use "group name".
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("mio.demo", "the whole recipe on the embedded world: world, tokenizers, Stage I-III, SFT, evaluation, report"),
-    "prepare": ("mio.data.prepare", "tokenize a corpus's media once, offline, into training shards"),
-    "train": ("mio.train", "run a training stage (or a chain of stages) from a TOML config"),
-    "tokenizer train": ("mio.tokenizers.train_cli", "train an embedded image or speech tokenizer"),
-    "bench train": ("mio.bench", "training throughput: masked packing vs pad-to-longest batching"),
-    "bench generate": ("mio.bench_generate", "generation throughput: the engine vs transformers' generate"),
-    "generate": ("mio.generate_cli", "generate from a multimodal prompt; media outputs are written to a folder"),
-    "chat": ("mio.chat_cli", "chat in the terminal with text, image, audio and video inputs"),
-    "toyworld": ("mio.toyworld.build", "build the embedded world's corpus: manifests for pre-training, SFT and evaluation"),
-    "eval": ("mio.eval.harness", "score a checkpoint on the evaluation suites"),
+    "demo": ("mio.cli.demo", "the whole recipe on the embedded world: world, tokenizers, Stage I-III, SFT, evaluation, report"),
+    "prepare": ("mio.cli.prepare", "tokenize a corpus's media once, offline, into training shards"),
+    "train": ("mio.cli.train", "run a training stage (or a chain of stages) from a TOML config"),
+    "tokenizer train": ("mio.cli.tokenizer_train", "train an embedded image or speech tokenizer"),
+    "bench train": ("mio.cli.bench_train", "training throughput: masked packing vs pad-to-longest batching"),
+    "bench generate": ("mio.cli.bench_generate", "generation throughput: the engine vs transformers' generate"),
+    "generate": ("mio.cli.generate", "generate from a multimodal prompt; media outputs are written to a folder"),
+    "chat": ("mio.cli.chat", "chat in the terminal with text, image, audio and video inputs"),
+    "toyworld": ("mio.cli.toyworld", "build the embedded world's corpus: manifests for pre-training, SFT and evaluation"),
+    "eval": ("mio.cli.eval", "score a checkpoint on the evaluation suites"),
 }
 
 
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     selected = [a for a in argv if not a.startswith("-")][:2]
     args = _parser(selected).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     if getattr(args, "_module", None) is None:
         _parser([]).print_help()
         return 0
@@ -65,7 +64,3 @@ def main(argv: list[str] | None = None) -> int:
         # User-facing problems (bad config, missing file, bad input) get one clear line.
         logging.getLogger("mio").error("%s", e)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

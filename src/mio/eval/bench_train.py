@@ -38,19 +38,17 @@ with speech split evenly between ASR and TTS. Lengths, from MIO's layouts:
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from mio.data.encode import Encoded
-from mio.data.packing import IGNORE, Packer, PackedBatch, padded_batches
+from mio.data.packing import IGNORE, PackedBatch, Packer, padded_batches
+from mio.device import resolve_device
 from mio.model import ModelConfig, build_model, count_parameters, token_losses
 
 log = logging.getLogger(__name__)
@@ -191,32 +189,25 @@ def describe_model(preset: Preset, context_length: int) -> str:
     )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", type=Path, help="write the results as JSON to this path")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model and batch shape (default: small)")
-    p.add_argument("--steps", type=int, help="timed optimizer steps per method (default: the preset's)")
-    p.add_argument("--context-length", type=int, help="row length L and the baseline's truncation cap (default: the preset's)")
-    p.add_argument("--batch-size", type=int, help="rows per batch B for both methods (default: the preset's)")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
-
-
-def run(args: argparse.Namespace) -> int:
-    preset = PRESETS[args.preset]
-    steps = args.steps or preset.steps
-    length = args.context_length or preset.context_length
-    batch_size = args.batch_size or preset.batch_size
+def benchmark(preset_name: str = "small", steps: int | None = None, context_length: int | None = None,
+              batch_size: int | None = None, device: str | None = None, seed: int = 0) -> dict:
+    """Time masked packing against pad-to-longest on the same synthetic corpus; returns the
+    `mio bench train --json` record (unset sizes come from the preset)."""
+    preset = PRESETS[preset_name]
+    steps = steps or preset.steps
+    length = context_length or preset.context_length
+    batch_size = batch_size or preset.batch_size
     if steps < 1 or length < 2 or batch_size < 1:
         raise ValueError("--steps and --batch-size must be >= 1, --context-length >= 2")
     if length > preset.model.max_position_embeddings:
         raise ValueError(f"--context-length {length} exceeds the model's {preset.model.max_position_embeddings} positions")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device or "auto")
     n = preset.warmup_steps + steps
 
     packer = Packer(length, batch_size, pad_id=0)
-    packed_iter = packer.batches(synthetic_corpus(args.seed, preset.vocab_size))
+    packed_iter = packer.batches(synthetic_corpus(seed, preset.vocab_size))
     packed = [next(packed_iter) for _ in range(n)]
-    corpus = synthetic_corpus(args.seed, preset.vocab_size)
+    corpus = synthetic_corpus(seed, preset.vocab_size)
     docs = [next(corpus) for _ in range(n * batch_size)]
     padded = list(padded_batches(docs, batch_size, length, pad_id=0))
     timed_docs = docs[preset.warmup_steps * batch_size :]
@@ -236,24 +227,19 @@ def run(args: argparse.Namespace) -> int:
         log.info("%-7s %14.1f %13.3f %14d %9.1f", name, m.tokens_per_s, m.pad_fraction, m.useful_tokens, m.seconds)
     log.info("ratio packed/padded: %.2fx; the baseline truncated %.1f%% of its documents' tokens", ratio, 100 * truncated)
 
-    if args.json:
-        out = {
-            "packed_tokens_per_s": p.tokens_per_s,
-            "padded_tokens_per_s": q.tokens_per_s,
-            "ratio": ratio,
-            "packed_pad_fraction": p.pad_fraction,
-            "padded_pad_fraction": q.pad_fraction,
-            "model": model,
-            "device": str(device),
-            "cpu_threads": torch.get_num_threads(),
-            "steps": steps,
-            "warmup_steps": preset.warmup_steps,
-            "context_length": length,
-            "batch_size": batch_size,
-            "padded_truncated_fraction": truncated,
-            "seed": args.seed,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-        log.info("wrote %s", args.json)
-    return 0
+    return {
+        "packed_tokens_per_s": p.tokens_per_s,
+        "padded_tokens_per_s": q.tokens_per_s,
+        "ratio": ratio,
+        "packed_pad_fraction": p.pad_fraction,
+        "padded_pad_fraction": q.pad_fraction,
+        "model": model,
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+        "steps": steps,
+        "warmup_steps": preset.warmup_steps,
+        "context_length": length,
+        "batch_size": batch_size,
+        "padded_truncated_fraction": truncated,
+        "seed": seed,
+    }

@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TextIO
+from typing import TextIO
 
 from mio.api import MIO, save_segments
-from mio.generate_cli import add_decoding_arguments, decoding_from_args
+from mio.cli.generate import add_decoding_arguments, decoding_from_args
 from mio.segments import Image, Malformed, Message, Segment, Speech, Text, Video
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ import argparse
 import importlib
 
 TRAINERS = {
-    "text": "mio.tokenizers.text_train",
-    "image": "mio.tokenizers.image_train",
-    "speech": "mio.tokenizers.speech_train",
+    "text": "mio.train.text_tokenizer",
+    "image": "mio.train.image_tokenizer",
+    "speech": "mio.train.speech_tokenizer",
 }
 
 

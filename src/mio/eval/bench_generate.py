@@ -25,22 +25,17 @@ threads, and the numbers measure the machine's load rather than the code.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import random
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import torch
 
-from mio.api import resolve_device
 from mio.generate import DecodingConfig, GenerationRequest, generate
 from mio.model import ModelConfig, build_model, count_parameters
-from mio.text_tokenizer import build_text_tokenizer
+from mio.tokenizers.text import build_text_tokenizer
 from mio.vocab import Vocab, VocabLayout
 
 log = logging.getLogger(__name__)
@@ -158,31 +153,3 @@ def measure(setup: Setup) -> dict:
                        f"{setup.new_tokens} new tokens, greedy")
     result["device"] = str(device) + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
     return result
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model and workload size")
-    p.add_argument("--new-tokens", type=int, help="tokens generated per row (default: the preset's)")
-    p.add_argument("--repeats", type=int, help="timed runs per measurement; the best counts (default: the preset's)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--json", help="also write the result to this file")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    preset = PRESETS[args.preset]
-    setup = build(preset, resolve_device(args.device))
-    if args.new_tokens:
-        setup.new_tokens = args.new_tokens
-    if args.repeats:
-        setup.repeats = args.repeats
-    log.info("benchmarking %s on %s", args.preset, setup.model.device)
-    result = measure(setup)
-    text = json.dumps(result, indent=2)
-    sys.stdout.write(text + "\n")  # the measurement is this command's output
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-        log.info("wrote %s", args.json)
-    return 0

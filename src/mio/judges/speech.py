@@ -13,7 +13,7 @@ import functools
 import importlib.util
 import logging
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ def _model():
 
 def transcribe(waves: Sequence, sample_rate: int) -> list[str]:
     """Transcribe mono waveforms (numpy or torch, any rate) with Whisper tiny.en, greedily."""
-    from mio.tokenizers.audio import resample, to_mono
+    from mio.media.audio import resample, to_mono
 
     model = _model()
     texts = []

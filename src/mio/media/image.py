@@ -1,0 +1,67 @@
+"""Reading images: one path from a file to RGB pixels, for training data and inference alike.
+
+Every image that enters MIO, whether `mio prepare` reads it into shards or `MIO.chat` reads
+it from a user, goes through `open_image` and `to_rgb`, so the same file gives the same
+pixels in training and at inference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+# Images with more pixels than this are refused before decoding (decompression bombs).
+DEFAULT_MAX_PIXELS = 64_000_000
+_MAX_16BIT = 65535.0
+_MAX_8BIT = 255.0
+
+
+class ImageFileError(ValueError):
+    """An image file cannot be used; the message names the file and the problem."""
+
+
+def to_rgb(image: PILImage.Image) -> PILImage.Image:
+    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16-bit and 32-bit
+    integer images are scaled to 8 bits (a plain `convert` would clip them to white)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = _MAX_16BIT if values.max(initial=0) <= _MAX_16BIT else values.max()
+        gray = np.clip(values / top * _MAX_8BIT, 0, _MAX_8BIT).astype(np.uint8)
+        return PILImage.fromarray(gray, mode="L").convert("RGB")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        lo, hi = values.min(initial=0), values.max(initial=1)
+        gray = ((values - lo) / max(hi - lo, 1e-12) * _MAX_8BIT).astype(np.uint8)
+        return PILImage.fromarray(gray, mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PILImage.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Image:
+    """Read an image file as RGB, refusing oversized, truncated or corrupt files with an
+    `ImageFileError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageFileError(f"{path}: image file not found")
+    try:
+        with PILImage.open(path) as image:
+            # The header alone gives the size, so a huge image is refused before decoding.
+            if image.width * image.height > max_pixels:
+                raise ImageFileError(
+                    f"{path}: image is {image.width}x{image.height}, more than the {max_pixels} pixel limit"
+                )
+            image.load()
+            return to_rgb(image)
+    except ImageFileError:
+        raise
+    except PILImage.DecompressionBombError as e:
+        raise ImageFileError(f"{path}: image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable / truncated data
+        raise ImageFileError(f"{path}: cannot read image ({e})") from None
