@@ -47,6 +47,7 @@ from mio.judges import image as image_judge
 from mio.media.image import DEFAULT_MAX_PIXELS, ImageFileError, open_image
 from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig, ImageTokenizerModel, images_to_tensor
 from mio.toyworld.scenes import Scene, caption, render, sample_scenes
+from mio.train.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)
 
@@ -228,17 +229,6 @@ def _init_codebook(model: ImageTokenizerModel, pixels: torch.Tensor, device: tor
     model.quantize(torch.cat(features))
 
 
-def _cosine(progress: float) -> float:
-    """Cosine decay from 1 to LR_FLOOR as `progress` goes from 0 to 1."""
-    return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _lr_factor(step: int, cfg: ImageTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    return _cosine((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-
-
 def _update(loss: torch.Tensor, optimizer, scheduler, params: list, grad_clip: float) -> None:
     """One optimizer step on `loss`, gradients clipped to `grad_clip`."""
     optimizer.zero_grad(set_to_none=True)
@@ -256,10 +246,12 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
     model = ImageTokenizerModel(cfg.model).to(device)
     words, targets, has_caption = caption_targets(train_set.captions)
     use_captions = cfg.caption_weight > 0 and bool(words) and bool(has_caption.any())
-    head = CaptionHead(cfg.model.tokens_per_image, cfg.model.codebook_dim, cfg.caption_hidden, len(words)).to(device) if use_captions else None
+    head = None
+    if use_captions:
+        head = CaptionHead(cfg.model.tokens_per_image, cfg.model.codebook_dim, cfg.caption_hidden, len(words)).to(device)
     params = list(model.parameters()) + (list(head.parameters()) if head else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
+    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps, LR_FLOOR)
     generator = torch.Generator().manual_seed(cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("training image tokenizer: %d images, %.2fM parameters, %d steps of %d, caption words %d",
@@ -305,7 +297,7 @@ def finetune_decoder(model: ImageTokenizerModel, pixels: torch.Tensor, cfg: Imag
     params = model.decoder_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=cfg.weight_decay)
     steps = cfg.decoder_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s / steps))
+    scheduler = cosine_schedule(optimizer, 0, steps, LR_FLOOR)
     model.eval()
     progress = tqdm(range(steps), desc="image decoder", unit="step", mininterval=5.0)
     for step in progress:
@@ -385,8 +377,8 @@ def train_from_config(config_path: str | Path, out_dir: str | Path | None = None
     tokenizer = train(cfg, train_set)
     train_seconds = time.perf_counter() - start
     tokenizer.save(out)
-    metrics = {**evaluate(tokenizer, val_set), "train_seconds": train_seconds, "steps": cfg.steps, "decoder_steps": cfg.decoder_steps,
-               "train_images": len(train_set.images)}
+    metrics = {**evaluate(tokenizer, val_set), "train_seconds": train_seconds, "steps": cfg.steps,
+               "decoder_steps": cfg.decoder_steps, "train_images": len(train_set.images)}
     (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
     (out / TRAIN_CONFIG_NAME).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     log.info("saved image tokenizer to %s: %s", out,

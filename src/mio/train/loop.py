@@ -247,7 +247,7 @@ class Stage:
         """One optimizer step over `grad_accum` micro-batches; returns loss statistics."""
         self.model.train()
         sums = _LossSums(self.vocab)
-        for micro in range(self.cfg.grad_accum):
+        for _ in range(self.cfg.grad_accum):
             batch = next(self.batches).to(self.device)
             with self.autocast:
                 losses = token_losses(self.model, batch)
@@ -271,7 +271,7 @@ class Stage:
             return {}
         self.model.eval()
         sums = _LossSums(self.vocab)
-        for data_type, path in sorted(self.cfg.validation.items()):
+        for _, path in sorted(self.cfg.validation.items()):
             dataset = open_dataset(path)
             docs = (dataset[i] for i in range(self.rank, min(len(dataset), self.cfg.eval_docs), self.world_size))
             packer = Packer(self.cfg.context_length, self.cfg.batch_size, self.vocab.pad_id, buffer_rows=self.cfg.buffer_rows)

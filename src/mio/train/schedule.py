@@ -1,22 +1,24 @@
-"""The learning-rate schedule of every trainer: linear warmup, then cosine decay to a floor."""
+"""The learning-rate schedule of every trainer (the stages, the image and speech tokenizers):
+linear warmup to the peak, then cosine decay to a floor."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
 
-def cosine_schedule(optimizer, warmup: int, total: int, min_ratio: float):
-    """Linear warmup then cosine decay to `min_ratio` of the peak."""
-    if min_ratio == 0:
-        return get_cosine_schedule_with_warmup(optimizer, warmup, total)
+def cosine_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """The learning rate at optimizer step `step` (0-based) as a fraction of the peak.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    Warmup climbs linearly so that its last step runs at the peak (no step at zero); the
+    remaining `total - warmup` steps follow a cosine from the peak down to `min_ratio`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float = 0.0):
+    """A scheduler that sets `optimizer`'s learning rates to peak x `cosine_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, warmup, total, min_ratio))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from mio import config as config_lib
 from mio.media.audio import normalize_loudness
 from mio.tokenizers.speech import CTC_ALPHABET, EmbeddedSpeechTokenizer, SpeechCodec, SpeechTokenizerConfig
 from mio.toyworld import speech_synth
+from mio.train.schedule import cosine_factor
 
 log = logging.getLogger(__name__)
 
@@ -234,13 +234,6 @@ def training_losses(
     return losses
 
 
-def _lr_at(step: int, cfg: SpeechTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train(cfg: SpeechTrainConfig, out_dir: str | Path | None = None) -> tuple[EmbeddedSpeechTokenizer, dict]:
     """Synthesize data, train the codec (saved to `out_dir` if given, before the slower
     evaluation), and measure it; returns (tokenizer, metrics)."""
@@ -294,7 +287,7 @@ def _train(cfg: SpeechTrainConfig, out_dir: str | Path | None) -> tuple[Embedded
             batches = length_bucketed_batches(lengths, cfg.batch_size, cfg.bucket_batches, rng)
         idx = batches.pop()
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = cfg.learning_rate * cosine_factor(step, cfg.warmup_steps, cfg.steps)
         losses = training_losses(codec, train_utts, idx, cfg, adversary, speaker_ids)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -454,5 +447,6 @@ def train_from_config(config_path: str | Path, out_dir: str | Path | None = None
         held["encode_rtf"], held["decode_rtf"],
     )  # fmt: skip
     if "wer_original" in metrics["judge"]:
-        log.info("Whisper WER: original %.3f, reconstructed %.3f", metrics["judge"]["wer_original"], metrics["judge"]["wer_reconstructed"])
+        log.info("Whisper WER: original %.3f, reconstructed %.3f",
+                 metrics["judge"]["wer_original"], metrics["judge"]["wer_reconstructed"])
     return metrics
