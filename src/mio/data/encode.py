@@ -216,6 +216,20 @@ def encode_sample(sample: Sample, vocab: Vocab, cfg: EncodeConfig, rng: random.R
     return Encoded(ids, loss, kind)
 
 
+def _chat(b: _Builder, turns: list[tuple[str, object]], train: bool) -> None:
+    """Yi chat turns joined by `\\n`. When `train`, the loss covers each assistant turn's
+    content and its `<|im_end|>`; assistant speech is written with its timbre layers."""
+    for i, (role, content) in enumerate(turns):
+        if i:
+            b.text(TURN_SEPARATOR, loss=False)
+        b.tokens([b.vocab.im_start], loss=False)
+        b.text(TURN_START.format(role=role).removeprefix("<|im_start|>"), loss=False)
+        assistant = role == "assistant"
+        for seg in [Text(content)] if isinstance(content, str) else content:
+            b.segment(seg, loss=train and assistant, speech_timbre=assistant)
+        b.tokens([b.vocab.im_end], loss=train and assistant)
+
+
 def _encode_chat(sample: Sample, vocab: Vocab, cfg: EncodeConfig) -> Encoded:
     """Yi chat format; loss on assistant content and its `<|im_end|>` only."""
     if not sample.messages:
@@ -226,16 +240,7 @@ def _encode_chat(sample: Sample, vocab: Vocab, cfg: EncodeConfig) -> Encoded:
     b = _Builder(vocab)
     if cfg.add_bos and vocab.bos_id is not None:
         b.tokens([vocab.bos_id], loss=False)
-    for i, (role, content) in enumerate(turns):
-        if i:
-            b.text(TURN_SEPARATOR, loss=False)
-        b.tokens([vocab.im_start], loss=False)
-        b.text(TURN_START.format(role=role).removeprefix("<|im_start|>"), loss=False)
-        target = role == "assistant"
-        segments = [Text(content)] if isinstance(content, str) else content
-        for seg in segments:
-            b.segment(seg, loss=target, speech_timbre=target)
-        b.tokens([vocab.im_end], loss=target)
+    _chat(b, turns, train=True)
     ids, loss = b.done()
     return Encoded(ids, loss, "sft/" + sample.task if sample.task else "sft")
 
@@ -246,13 +251,8 @@ def encode_prompt(messages: list[Message], vocab: Vocab, mode: str = "std") -> l
     b = _Builder(vocab)
     if vocab.bos_id is not None:
         b.tokens([vocab.bos_id], loss=False)
-    for role, content in turns:
-        b.tokens([vocab.im_start], loss=False)
-        b.text(TURN_START.format(role=role).removeprefix("<|im_start|>"), loss=False)
-        for seg in [Text(content)] if isinstance(content, str) else content:
-            b.segment(seg, loss=False, speech_timbre=role == "assistant")
-        b.tokens([vocab.im_end], loss=False)
-        b.text(TURN_SEPARATOR, loss=False)
+    _chat(b, turns, train=False)
+    b.text(TURN_SEPARATOR, loss=False)
     b.tokens([vocab.im_start], loss=False)
     b.text(GENERATION_PROMPT.removeprefix("<|im_start|>"), loss=False)
     return b.done()[0]
