@@ -17,7 +17,9 @@ def test_bench_train_tiny_writes_the_design_keys(tmp_path):
     finally:
         torch.set_num_threads(threads)
     out = json.loads(path.read_text())
-    keys = {"packed_tokens_per_s", "padded_tokens_per_s", "ratio", "packed_pad_fraction", "padded_pad_fraction", "model", "device"}
+    keys = {
+        "packed_tokens_per_s", "padded_tokens_per_s", "ratio", "packed_pad_fraction", "padded_pad_fraction", "model", "device"
+    }
     assert keys <= out.keys()
     for key in keys - {"model", "device"}:
         assert isinstance(out[key], float) and out[key] >= 0

@@ -33,8 +33,19 @@ def config_class(path: Path):
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.toml")), ids=lambda p: str(p.relative_to(CONFIGS)))
-def test_shipped_config_parses(path):
-    assert config_lib.load(config_class(path), path) is not None
+def test_shipped_config_parses_and_saves_back(path, tmp_path):
+    cls = config_class(path)
+    cfg = config_lib.load(cls, path)
+    assert config_lib.load(cls, config_lib.save(cfg, tmp_path / "saved.toml")) == cfg
+
+
+def test_shipped_configs_are_package_data():
+    """`mio demo` from an installed wheel finds its presets inside the package."""
+    import mio
+
+    assert CONFIGS.resolve() == (Path(mio.__file__).parent / "configs").resolve()
+    pyproject = (CONFIGS.parent / "pyproject.toml").read_text()
+    assert 'mio = ["configs/**/*.toml"]' in pyproject
 
 
 @pytest.mark.parametrize("stage, table9", [("stage1", "I"), ("stage2", "II"), ("stage3", "III")])

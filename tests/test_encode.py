@@ -31,7 +31,10 @@ def test_image_text_pair_both_directions_with_appendix_b_templates(vocab):
         enc = encode_sample(sample, vocab, CFG, random.Random(seed))
         s = strip_bos_eos(vocab, enc)
         block = render_image(img().codes)
-        assert s in (f"{block} The caption of this image is: a red circle", f"Please generate an image of ``a red circle'': {block}")
+        assert s in (
+            f"{block} The caption of this image is: a red circle",
+            f"Please generate an image of ``a red circle'': {block}",
+        )
         seen.add(s.startswith("<image>"))
         assert all(enc.loss[1:]) and not enc.loss[0]
     assert seen == {True, False}
@@ -72,7 +75,8 @@ def test_speech_over_15_seconds_is_dropped(vocab):
 
 
 def test_interleaved_keeps_order(vocab):
-    enc = encode_sample(Sample("image_text_interleaved", [Text("one"), img(1), Text(" two"), img(2)]), vocab, CFG, random.Random(0))
+    sample = Sample("image_text_interleaved", [Text("one"), img(1), Text(" two"), img(2)])
+    enc = encode_sample(sample, vocab, CFG, random.Random(0))
     assert strip_bos_eos(vocab, enc) == "one" + render_image(img(1).codes) + " two" + render_image(img(2).codes)
 
 
@@ -82,7 +86,7 @@ def test_sft_matches_render_chat_and_masks_assistant_only(vocab):
     rendered = render_chat([{"role": m.role, "content": m.content} for m in msgs], add_generation_prompt=False)
     assert vocab.to_string(enc.ids) == "<|endoftext|>" + rendered
     assert enc.data_type == "sft/vqa"
-    trained = vocab.decode_text([i for i, l in zip(enc.ids, enc.loss) if l])
+    trained = vocab.decode_text([i for i, on in zip(enc.ids, enc.loss) if on])
     assert trained == "red<|im_end|>blue<|im_end|>"
 
 

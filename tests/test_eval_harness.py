@@ -159,7 +159,9 @@ def test_random_model_runs_every_suite_reproducibly(world, model, fake_whisper):
     assert set(result["suites"]) == set(SUITES) and not result["skipped"]
     for name, scores in result["suites"].items():
         assert scores["n"] == 1 and all(isinstance(v, (int, float)) for v in scores.values()), name
-    again, runner_again = harness.evaluate(model, "run", world, ["image_generation", "video_captioning"], limit=1, batch_size=2, seed=3)
+    again, runner_again = harness.evaluate(
+        model, "run", world, ["image_generation", "video_captioning"], limit=1, batch_size=2, seed=3
+    )
     for name in again["suites"]:
         assert again["suites"][name] == result["suites"][name]
         assert [r["text"] for r in runner_again.replies[name]] == [r["text"] for r in runner.replies[name]]

@@ -15,8 +15,12 @@ from mio.toyworld.scenes import Scene, SceneObject, SceneSampler, caption, rende
 
 def test_cider_prefers_the_right_caption():
     refs = [["A big red circle at the top left."], ["A small blue square in the center."], ["A green cross at the bottom right."]]
-    right = metrics.cider(refs, ["a big red circle at the top left", "a small blue square in the center", "a green cross at the bottom right"])
-    wrong = metrics.cider(refs, ["a small blue square in the center", "a green cross at the bottom right", "a big red circle at the top left"])
+    right = metrics.cider(
+        refs, ["a big red circle at the top left", "a small blue square in the center", "a green cross at the bottom right"]
+    )
+    wrong = metrics.cider(
+        refs, ["a small blue square in the center", "a green cross at the bottom right", "a big red circle at the top left"]
+    )
     assert right > 1.0 > wrong >= 0.0
     with pytest.raises(ValueError):
         metrics.cider(refs, ["x"])

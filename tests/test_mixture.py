@@ -170,7 +170,10 @@ def test_sft_is_its_own_group():
 
 def test_config_loads_and_validates(tmp_path):
     toml = tmp_path / "mix.toml"
-    toml.write_text('seed = 5\n[sources]\nlanguage = "data/language"\nspeech_text_pair = "data/speech"\n[ratios]\nlang = 1\nspeech = 3\n')
+    toml.write_text(
+        'seed = 5\n[sources]\nlanguage = "data/language"\nspeech_text_pair = "data/speech"\n'
+        "[ratios]\nlang = 1\nspeech = 3\n"
+    )
     cfg = load(MixtureConfig, toml)
     assert cfg.ratios == {"lang": 1.0, "speech": 3.0} and cfg.seed == 5
     bad = [

@@ -42,7 +42,9 @@ def test_missing_pretrained_directory(tmp_path):
 
 def test_text_tokenizer_command_trains_or_extends(tmp_path, text_tokenizer):
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text("\n".join(json.dumps({"type": "language", "segments": [{"text": f"a red circle number {i}"}]}) for i in range(30)))
+    manifest.write_text(
+        "\n".join(json.dumps({"type": "language", "segments": [{"text": f"a red circle number {i}"}]}) for i in range(30))
+    )
     layout = "[layout]\nimage_codebook_size = 16\ntokens_per_image = 4\nspeech_codebook_size = 8\n"
     cfg = tmp_path / "text.toml"
     cfg.write_text(f'out_dir = "{tmp_path / "tok"}"\nmanifests = ["{manifest}"]\nvocab_size = 320\n{layout}')

@@ -66,7 +66,9 @@ def test_ffd_fits():
 def mixed_lengths(g):
     """Lengths like MIO's data: image pairs ~50, language 100-600, video 150-300, speech 100-3000."""
     kind = g.choice(["pair", "lang", "video", "speech"])
-    n = {"pair": g.randint(40, 70), "lang": g.randint(100, 600), "video": g.randint(150, 300), "speech": g.randint(100, 3000)}[kind]
+    n = {
+        "pair": g.randint(40, 70), "lang": g.randint(100, 600), "video": g.randint(150, 300), "speech": g.randint(100, 3000)
+    }[kind]
     return kind, n
 
 

@@ -109,7 +109,10 @@ def corpus(tmp_path):
         {"type": "image_text_pair", "segments": [{"image": "media/im1.png"}, {"text": "a green square"}]},
         "",
         {"type": "video_text_pair", "segments": [{"video": frames}, {"text": "colours change"}]},
-        {"type": "image_text_interleaved", "segments": [{"text": "first"}, {"image": "media/im2.png"}, {"text": "then"}, {"image": "media/im3.png"}]},
+        {
+            "type": "image_text_interleaved",
+            "segments": [{"text": "first"}, {"image": "media/im2.png"}, {"text": "then"}, {"image": "media/im3.png"}],
+        },
         {"type": "video_text_interleaved", "segments": [{"text": "a clip:"}, {"video": "media/clip.gif"}, {"text": "the end"}]},
         {"type": "speech_text_pair", "segments": [{"speech": "media/short.wav"}, {"text": "hello world"}]},
         {"type": "speech_text_pair", "segments": [{"speech": "media/long.wav"}, {"text": "too long"}]},
@@ -201,7 +204,9 @@ def test_bad_line_and_bad_media_name_file_and_line(tmp_path, text_dir, corpus):
     mixed, _ = corpus
     lines = mixed.read_text().splitlines()
     broken = write_jsonl(mixed.parent / "broken.jsonl", lines[:2] + ['{"type": "image_text_pair", "segments": [}'])
-    cfg = PrepareConfig(output_dir=str(tmp_path / "o"), text_tokenizer=str(text_dir), manifests=[str(broken)], layout=SMALL_LAYOUT)
+    cfg = PrepareConfig(
+        output_dir=str(tmp_path / "o"), text_tokenizer=str(text_dir), manifests=[str(broken)], layout=SMALL_LAYOUT
+    )
     with pytest.raises(ManifestError, match=r"broken.jsonl:3: invalid JSON"):
         prepare(cfg, image_tokenizer=FakeImageTokenizer())
     assert not (tmp_path / "o").exists()  # validated before anything is written
@@ -248,7 +253,10 @@ def test_cli_prepare(tmp_path, text_dir, corpus, monkeypatch):
         (tmp_path / kind).mkdir()
         (tmp_path / kind / "config.json").write_text(json.dumps({"type": f"fake-{kind}"}))
     mixed, language = corpus
-    layout = "\n".join(f"{k} = {getattr(SMALL_LAYOUT, k)}" for k in ("image_codebook_size", "tokens_per_image", "speech_codebook_size", "speech_layers"))
+    layout = "\n".join(
+        f"{k} = {getattr(SMALL_LAYOUT, k)}"
+        for k in ("image_codebook_size", "tokens_per_image", "speech_codebook_size", "speech_layers")
+    )
     toml = tmp_path / "prepare.toml"
     toml.write_text(
         f'output_dir = "{tmp_path / "cli_out"}"\ntext_tokenizer = "{text_dir}"\nimage_tokenizer = "{tmp_path / "image"}"\n'

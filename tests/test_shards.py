@@ -15,7 +15,8 @@ def make_docs(n, seed=0, data_type="language"):
     docs = []
     for _ in range(n):
         length = rng.randint(1, 50)
-        docs.append(Encoded([rng.randrange(VOCAB) for _ in range(length)], [rng.random() < 0.7 for _ in range(length)], data_type))
+        ids = [rng.randrange(VOCAB) for _ in range(length)]
+        docs.append(Encoded(ids, [rng.random() < 0.7 for _ in range(length)], data_type))
     return docs
 
 

@@ -211,7 +211,8 @@ def test_build_is_deterministic_across_worker_counts(tiny_world, tmp_path):
         ours = (tmp_path / rel).read_text().splitlines()
         theirs = (tiny_world / rel).read_text().splitlines()
         assert ours == theirs[: len(ours)], rel
-    image = json.loads((tmp_path / "sft/image_generation.jsonl").read_text().splitlines()[0])["messages"][-1]["content"][0]["image"]
+    first = json.loads((tmp_path / "sft/image_generation.jsonl").read_text().splitlines()[0])
+    image = first["messages"][-1]["content"][0]["image"]
     assert (tmp_path / "sft" / image).read_bytes() == (tiny_world / "sft" / image).read_bytes()
 
 

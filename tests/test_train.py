@@ -32,7 +32,8 @@ def make_docs(vocab, data_type, n, seed):
             sample = Sample(data_type, [Image(codes=torch.tensor(codes[:8])), Text(text)])
         elif data_type == "speech_text_pair":
             t = g.randint(3, 10)
-            sample = Sample(data_type, [Speech(codes=torch.randint(0, 32, (4, t), generator=torch.Generator().manual_seed(i))), Text(text)])
+            speech_codes = torch.randint(0, 32, (4, t), generator=torch.Generator().manual_seed(i))
+            sample = Sample(data_type, [Speech(codes=speech_codes), Text(text)])
         else:
             sample = Sample(data_type, [Text(text + ". " + text)])
         docs.append(encode_sample(sample, vocab, cfg, g))
@@ -82,7 +83,8 @@ def test_loss_goes_down_and_run_dir_is_complete(tmp_path, data_dir):
     curve = losses(run)
     assert curve[30] < 0.8 * curve[1]
     meta = json.loads((run / "run.json").read_text())
-    assert {"loss_text", "loss_image", "loss_speech", "loss/image_text_pair", "loss/language", "loss/speech_text_pair"} <= {k for r in meta["metrics"] for k in r}
+    expected = {"loss_text", "loss_image", "loss_speech", "loss/image_text_pair", "loss/language", "loss/speech_text_pair"}
+    assert expected <= {k for r in meta["metrics"] for k in r}
     assert any("val_loss/language" in r for r in meta["metrics"])
     assert abs(meta["data_shares"]["speech_text_pair"] - 2 / 16) < 0.1
     for f in ("model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl"):

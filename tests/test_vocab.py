@@ -104,7 +104,8 @@ def test_parse_merges_adjacent_images_into_video(vocab):
 
 def test_noncontiguous_tokens_are_rejected():
     layout = VocabLayout(image_codebook_size=4, tokens_per_image=2, speech_codebook_size=2, speech_layers=4)
-    tok = build_text_tokenizer(["hello"] * 5, vocab_size=300, layout=VocabLayout(image_codebook_size=2, tokens_per_image=2, speech_codebook_size=2))
+    small = VocabLayout(image_codebook_size=2, tokens_per_image=2, speech_codebook_size=2)
+    tok = build_text_tokenizer(["hello"] * 5, vocab_size=300, layout=small)
     tok.add_tokens(["<img2>", "<img3>"], special_tokens=True)  # after the speech tokens: not contiguous
     with pytest.raises(ValueError, match="not contiguous"):
         Vocab(tok, layout)

@@ -3,7 +3,8 @@
 Every config in MIO is a dataclass whose field docstrings (the string literal under each
 field) document it. `load(cls, source)` builds one from a TOML file or a dict, recursing
 into nested dataclasses, and fails with a message naming the key on an unknown key, a
-missing required key, or a value of the wrong type.
+missing required key, or a value of the wrong type. `save(config, path)` writes one back
+as TOML that `load` reads to an equal config.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomli_w
 
 T = TypeVar("T")
 
@@ -126,6 +129,16 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 def to_dict(obj: Any) -> dict:
     """A config as a plain dict (for run.json)."""
     return dataclasses.asdict(obj)
+
+
+def save(obj: Any, path: str | Path) -> Path:
+    """Write a config as TOML (atomically); `load(type(obj), path)` gives an equal config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(tomli_w.dumps(to_dict(obj)))
+    tmp.replace(path)
+    return path
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -126,8 +126,8 @@ def token_losses(model, batch: PackedBatch) -> torch.Tensor:
     """Per-token cross-entropy [B, L] (0 where the label is ignored), in fp32.
 
     The LM head and the softmax run only at positions where some row has a label: under
-    SFT's assistant-only loss most positions have none (the demo's SFT steps took 20% less
-    time), and at paper scale that also spares the [B, L, 76k] logits' memory."""
+    SFT's assistant-only loss most positions have none (the saving: docs/LOG.md, 2026-12-02),
+    and at paper scale that also spares the [B, L, 76k] logits' memory."""
     target = batch.labels != IGNORE
     keep = target.any(dim=0).nonzero().squeeze(1)
     if len(keep) == 0:

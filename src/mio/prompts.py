@@ -32,7 +32,8 @@ INSTRUCTIONS = {
     "video_understanding": "{question}\n" + SHORT_ANSWER,
     "video_generation": "Please generate a video according to the description: {description}",
     "storytelling": "Please illustrate this story with one picture after each sentence: {story}",
-    "covt": "Imagine this change: {instruction} {question}\nDraw the changed picture first, then answer using a single word or phrase.",
+    "covt": "Imagine this change: {instruction} {question}\n"
+    "Draw the changed picture first, then answer using a single word or phrase.",
 }
 """Instruction per task. Tasks without an entry take no instruction: in-context learning
 (the examples are the prompt), spoken questions and speech-to-speech (the speech is the

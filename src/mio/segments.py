@@ -8,7 +8,6 @@ vocabulary turns segments into model ids and back (`mio.vocab.Vocab`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import torch
 from PIL import Image as PILImage
@@ -60,7 +59,7 @@ class Malformed:
     ids: list[int] = field(default_factory=list)
 
 
-Segment = Union[Text, Image, Video, Speech, Malformed]
+Segment = Text | Image | Video | Speech | Malformed
 
 ROLES = ("system", "user", "assistant")
 

@@ -37,7 +37,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 from mio.data.encode import PRETRAIN_TYPES
 from mio.segments import ROLES
@@ -68,7 +67,7 @@ class MediaRef:
     """True for a video given as a list of frame images."""
 
 
-Part = Union[str, MediaRef]
+Part = str | MediaRef
 """A segment of a record: text, or a reference to a medium."""
 
 

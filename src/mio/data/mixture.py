@@ -222,7 +222,10 @@ class Mixture:
     ) -> Mixture:
         """A mixture over in-memory documents (tests, benchmarks)."""
         cfg = MixtureConfig(
-            sources={t: f"<memory:{t}>" for t in docs_by_type}, ratios=dict(ratios), seed=seed, type_weights=dict(type_weights or {})
+            sources={t: f"<memory:{t}>" for t in docs_by_type},
+            ratios=dict(ratios),
+            seed=seed,
+            type_weights=dict(type_weights or {}),
         )
         return cls(cfg, rank, world_size, documents=docs_by_type)
 

@@ -124,7 +124,9 @@ def load_video_frames(path: Path, k: int, method: str) -> list[PILImage.Image]:
     try:
         from mio.media import video
     except ImportError as e:
-        raise MediaError(f"{path}: reading video files needs mio.media.video ({e}); give the video as a frame list instead") from None
+        raise MediaError(
+            f"{path}: reading video files needs mio.media.video ({e}); give the video as a frame list instead"
+        ) from None
     clip = video.read_video(path)
     if method == "keyframes":
         indices = video.keyframe_indices(clip, k)
@@ -196,7 +198,10 @@ class _Tokenized:
                     return False
                 codes = self.speech_tokenizer.encode(wave, rate)
                 if codes.dim() != 2 or codes.shape[0] < self.cfg.layout.speech_layers:
-                    raise MediaError(f"{path}: speech tokenizer returned shape {tuple(codes.shape)}, expected [{self.cfg.layout.speech_layers}, T]")
+                    raise MediaError(
+                        f"{path}: speech tokenizer returned shape {tuple(codes.shape)}, "
+                        f"expected [{self.cfg.layout.speech_layers}, T]"
+                    )
                 self.speech[path] = codes[: self.cfg.layout.speech_layers]
                 self.speech_seconds[path] = seconds
         return True
@@ -371,7 +376,8 @@ def prepare(cfg: PrepareConfig, image_tokenizer=None, speech_tokenizer=None) -> 
         "records": counts,
         "dropped": dropped,
         "data_types": {
-            t: {"docs": s.docs, "tokens": s.tokens, "loss_tokens": s.loss_tokens, "shards": s.shards} for t, s in sorted(sinks.items())
+            t: {"docs": s.docs, "tokens": s.tokens, "loss_tokens": s.loss_tokens, "shards": s.shards}
+            for t, s in sorted(sinks.items())
         },
         "media": {"images": len(media.images), "videos": len(media.videos), "speech": len(media.speech),
                   "speech_seconds": round(sum(media.speech_seconds.values()), 3)},
@@ -398,4 +404,6 @@ def _check_tokenizers(layout: VocabLayout, image_tokenizer, speech_tokenizer) ->
             f"the layout {layout.image_codebook_size} x {layout.tokens_per_image}"
         )
     if speech_tokenizer is not None and speech_tokenizer.codebook_size != layout.speech_codebook_size:
-        raise ValueError(f"speech tokenizer has {speech_tokenizer.codebook_size} codes per layer, the layout {layout.speech_codebook_size}")
+        raise ValueError(
+            f"speech tokenizer has {speech_tokenizer.codebook_size} codes per layer, the layout {layout.speech_codebook_size}"
+        )

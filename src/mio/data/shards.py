@@ -186,7 +186,9 @@ class Shard:
                 raise ShardError(f"shard {self.directory}: missing {name}")
             size = path.stat().st_size
             if size != expected["bytes"]:
-                raise ShardError(f"shard {self.directory}: {name} has {size} bytes, meta.json says {expected['bytes']} (truncated or corrupt)")
+                raise ShardError(
+                    f"shard {self.directory}: {name} has {size} bytes, meta.json says {expected['bytes']} (truncated or corrupt)"
+                )
             if verify and _sha256(path) != expected["sha256"]:
                 raise ShardError(f"shard {self.directory}: {name} fails its sha256 checksum (corrupt)")
         try:

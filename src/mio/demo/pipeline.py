@@ -18,6 +18,10 @@ Steps, in order (each one's output lives under `--out`, default `runs/demo`):
     eval_instruct    every suite on the SFT checkpoint            eval/instruct/
     report           report.html and metrics.json                 report.html, metrics.json
 
+The exact config of each step that has one is written to `configs/` (`text_tokenizer.toml`,
+`prepare_main.toml`, `prepare_stage3.toml`, one `<stage>.toml` per stage), so any step can be
+rerun by hand: `mio tokenizer train text`, `mio prepare`, `mio train` take these files.
+
 The stage configs are ordinary `mio train` TOMLs (`configs/toy/`), the same format as the
 paper-scale preset (`configs/paper/`); their relative paths are relative to the demo
 directory. A preset (`configs/demo/<name>.toml`, a `DemoConfig`) names the world and
@@ -90,8 +94,8 @@ class DemoConfig:
     """torch CPU threads (0: torch's default)."""
     parallel_tokenizers: bool = True
     """Train the image and speech tokenizers at once, in two processes that split the CPU
-    threads. They are independent, and small models use two threads poorly: on 2 cores this
-    took 3m49s against 4m45s one after the other with both threads each."""
+    threads. They are independent, and small models use two threads poorly, so on 2 cores
+    this is faster than one after the other with both threads each (docs/LOG.md, 2026-12-02)."""
     device: str = "auto"
     """Device for training and evaluation: auto, cpu, cuda, ..."""
     estimated_seconds: dict[str, float] = field(default_factory=dict)
@@ -185,6 +189,7 @@ class Demo:
         self.world = out / "world"
         self.tokenizers = out / "tokenizers"
         self.shards = out / "shards"
+        self.configs = out / "configs"  # the exact config of each step, to rerun it by hand
         self.stage_names = [self._stage_config(p).name for p in cfg.stages]
 
     # -- helpers --
@@ -264,6 +269,7 @@ class Demo:
         manifests += sorted(str(p) for p in (self.world / "sft").glob("*.jsonl"))
         cfg = TextTokenizerConfig(out_dir=str(self.tokenizers / "text"), manifests=manifests,
                                   vocab_size=self.cfg.text_vocab_size, layout=self.layout())
+        config_lib.save(cfg, self.configs / "text_tokenizer.toml")
         tokenizer = build(cfg)
         tokenizer.save_pretrained(cfg.out_dir)
         return {"tokens": len(tokenizer)}
@@ -289,9 +295,13 @@ class Demo:
                                     min_video_frames=world_cfg.min_video_frames, max_video_frames=world_cfg.max_video_frames),
             )
 
-        main = prepare(config("main", {**pretrain, "sft": sft}, "asr"), image, speech)
+        main_cfg = config("main", {**pretrain, "sft": sft}, "asr")
         # Stage III reads its speech-text pairs with the paper's Stage III ASR template.
-        stage3 = prepare(config("stage3", {"speech_text_pair": pretrain["speech_text_pair"]}, STAGE3_ASR_TEMPLATE), image, speech)
+        stage3_cfg = config("stage3", {"speech_text_pair": pretrain["speech_text_pair"]}, STAGE3_ASR_TEMPLATE)
+        config_lib.save(main_cfg, self.configs / "prepare_main.toml")
+        config_lib.save(stage3_cfg, self.configs / "prepare_stage3.toml")
+        main = prepare(main_cfg, image, speech)
+        stage3 = prepare(stage3_cfg, image, speech)
         return {"tokens": {t: s["tokens"] for t, s in main["data_types"].items()},
                 "stage3_tokens": {t: s["tokens"] for t, s in stage3["data_types"].items()}}
 
@@ -301,6 +311,7 @@ class Demo:
         cfg = self._stage_config(self.cfg.stages[index], self.layout())
         if not cfg.init_from and index > 0:
             cfg.init_from = str(self.run_dir(self.stage_names[index - 1]))
+        config_lib.save(cfg, self.configs / f"{cfg.name}.toml")
         final = Stage(cfg, resume=True).run()
         run = json.loads((Path(cfg.out_dir) / "run.json").read_text())
         return {"final_loss": final.get("loss"), "data_shares": run.get("data_shares")}

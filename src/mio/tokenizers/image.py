@@ -97,8 +97,7 @@ class ImageTokenizerConfig:
     hard_matte: bool = True
     """Decode with a thresholded matte: every pixel is the decoder's foreground or background
     colour, never the soft blend used in training (whose half-transparent fringes round
-    small shapes' corners and shift their colours; measured on the default tokenizer: pixel
-    judge exact 0.62 soft -> 0.72 hard on the same weights, 512 held-out scenes)."""
+    small shapes' corners and shift their colours; measurement: docs/LOG.md, 2026-12-01)."""
 
     def validate(self) -> None:
         if not self.conv_channels:
@@ -131,7 +130,7 @@ def _transformer_layer(cfg: ImageTokenizerConfig, cross: bool) -> nn.Module:
 
 def _conv_norm(channels: int) -> nn.Module:
     """GroupNorm for the conv stages: with it they train stably at a high learning rate
-    (measured: no norm, BatchNorm or a per-pixel LayerNorm all learned slower)."""
+    (the alternatives tried: docs/LOG.md, 2026-11-23)."""
     return nn.GroupNorm(math.gcd(8, channels), channels)
 
 

@@ -153,8 +153,8 @@ class SpeechCodec(nn.Module):
         )
         n_freq = c.n_fft // 2 + 1
         # Decoder: mix over time at the code rate, then one linear map from each code frame to
-        # its `ds` spectral frames. (A transposed conv + conv blocks at 100 frames/s fitted the
-        # training voices as well but generalised worse to held-out ones, and trained slower.)
+        # its `ds` spectral frames: it generalises to held-out voices better than a transposed
+        # conv decoding at 100 frames/s, and trains faster (docs/LOG.md, 2026-11-23).
         self.decoder = nn.Sequential(
             nn.Conv1d(c.latent_dim, c.channels, 1),
             _stack(c.channels, c.kernel_size, c.blocks),
@@ -165,7 +165,7 @@ class SpeechCodec(nn.Module):
         # Per-bin statistics of the training features (set by `fit_normalization`): the encoder
         # sees standardised log-mels and the decoder predicts standardised log-magnitudes, so
         # quiet high bands weigh as much as loud low ones in the network's inputs and outputs
-        # (without it reconstructions were unintelligible: Whisper WER 0.93 vs 0.32 on the originals).
+        # (without it reconstructions were unintelligible: docs/LOG.md, 2026-11-23).
         self.register_buffer("mel_mean", torch.zeros(c.n_mels))
         self.register_buffer("mel_std", torch.ones(c.n_mels))
         self.register_buffer("magnitude_mean", torch.zeros(n_freq))

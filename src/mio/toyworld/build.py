@@ -117,7 +117,7 @@ class MediaStore:
         for index in keyframe_indices(decoded, self.cfg.max_video_frames, detector):
             path, rel = self._paths("frame", f"{video.stem}-{index}", "png")
             picture = Image.fromarray(decoded.frames[index]).resize((self.cfg.image_size,) * 2, Image.Resampling.BICUBIC)
-            _atomic(path, lambda p: picture.save(p, format="PNG"))
+            _atomic(path, lambda p, picture=picture: picture.save(p, format="PNG"))
             frames.append((rel, min(len(clip.states) - 1, index // self.cfg.frame_repeat)))
         return frames
 
@@ -128,7 +128,10 @@ class MediaStore:
         key = _digest(text, voice.id)
         path, rel = self._paths("speech", key, "wav")
         seed = int(key[:8], 16)
-        _atomic(path, lambda p: soundfile.write(p, synthesize(text, voice, DEFAULT_SAMPLE_RATE, seed), DEFAULT_SAMPLE_RATE, format="WAV"))
+        _atomic(
+            path,
+            lambda p: soundfile.write(p, synthesize(text, voice, DEFAULT_SAMPLE_RATE, seed), DEFAULT_SAMPLE_RATE, format="WAV"),
+        )
         return rel
 
 

@@ -10,15 +10,14 @@ Synthesis is deterministic: the same text, `Voice` and seed always give the same
 whatever the process spoke before. eSpeak keeps state from one utterance to the next in
 static variables of its wave generator (it survives `espeak_Terminate`): the pitch "flutter"
 and "roughness" effects, and more that no API resets. With it, an utterance came out
-different after different predecessors (one 8 ms frame attenuated in about 5% of the world's
-files), so a world built by two worker processes depended on their scheduling. Two measures
-remove it: eSpeak runs on a private view of its data directory (symlinks to the wheel's
-files) in which the variants we use are copied with `flutter 0` and `roughness 0` (steadier
-voices), and every utterance is spoken in a forked child of a process whose engine has been
-initialised but has never spoken, so each one starts from the same state. The fork is not
-free in a large process: in `mio demo` the codec's 2,000 training utterances took 49 s
-instead of 9 s (~20 ms more each, beside the training threads) and the world 50 s instead of
-32 s. eSpeak is a process-wide singleton C library, so calls are serialised with a lock.
+different after different predecessors, so a world built by two worker processes depended
+on their scheduling (docs/LOG.md, 2026-12-03). Two measures remove it: eSpeak runs on a
+private view of its data directory (symlinks to the wheel's files) in which the variants we
+use are copied with `flutter 0` and `roughness 0` (steadier voices), and every utterance is
+spoken in a forked child of a process whose engine has been initialised but has never
+spoken, so each one starts from the same state. The fork is not free in a large process
+(its cost in `mio demo`: docs/LOG.md, 2026-12-03). eSpeak is a process-wide singleton C
+library, so calls are serialised with a lock.
 """
 
 from __future__ import annotations

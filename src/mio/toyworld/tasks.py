@@ -188,10 +188,12 @@ def reasoning_qa(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
     """A counting question, its step-by-step answer and the final answer."""
     if rng.random() < 0.5:
         color = rng.choice(sorted({o.color for o in scene.objects} | {rng.choice(sorted(COLORS))}))
-        question, matching, label = f"How many {color} objects are there?", [o for o in scene.objects if o.color == color], f"{color} ones"
+        question, label = f"How many {color} objects are there?", f"{color} ones"
+        matching = [o for o in scene.objects if o.color == color]
     else:
         shape = rng.choice(sorted({o.shape for o in scene.objects} | {rng.choice(SHAPES)}))
-        question, matching, label = f"How many {plural(shape)} are there?", [o for o in scene.objects if o.shape == shape], plural(shape)
+        question, label = f"How many {plural(shape)} are there?", plural(shape)
+        matching = [o for o in scene.objects if o.shape == shape]
     steps = f"The image shows {_listing(scene.objects)}. "
     steps += f"The {label}: {_listing(matching)}. " if matching else f"There are no {label}. "
     answer = str(len(matching))
@@ -286,7 +288,8 @@ def image_generation(ctx: Context, rng: random.Random) -> Item:
     scene = ctx.target_scene(rng)
     text = caption(scene)
     return Item("image_generation", [user(instruction("image_generation", caption=text)), assistant(I(ctx.store.image(scene)))],
-                truth={"scene": scene_to_json(scene), "caption": text, "heldout": any((o.color, o.shape) in ctx.combos for o in scene.objects)})
+                truth={"scene": scene_to_json(scene), "caption": text,
+                       "heldout": any((o.color, o.shape) in ctx.combos for o in scene.objects)})
 
 
 def image_editing(ctx: Context, rng: random.Random) -> Item:
