@@ -46,10 +46,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_run_dir(directory: Path, text_tokenizer, run_json: bool = True) -> Path:
+def make_run_dir(directory: Path, text_tokenizer, run_json: bool = True, positions: int = 1024,
+                 context_length: int = 400, stage: str | None = None) -> Path:
     """A tiny untrained run directory laid out like `mio train`'s export."""
     model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                                    max_position_embeddings=1024, init_std=0.5), len(text_tokenizer))
+                                    max_position_embeddings=positions, init_std=0.5), len(text_tokenizer))
     model.save_pretrained(directory)
     text_tokenizer.save_pretrained(directory)
     EmbeddedImageTokenizer(ImageTokenizerConfig(
@@ -60,6 +61,6 @@ def make_run_dir(directory: Path, text_tokenizer, run_json: bool = True) -> Path
         frame_rate=25.0, codebook_size=SMALL_LAYOUT.speech_codebook_size, latent_dim=16, channels=32, blocks=1,
         kmeans_iters=2, griffin_lim_iters=4)).save(directory / "speech_tokenizer")
     if run_json:
-        config = {"layout": dataclasses.asdict(SMALL_LAYOUT), "context_length": 400}
-        (directory / "run.json").write_text(json.dumps({"config": config}))
+        config = {"layout": dataclasses.asdict(SMALL_LAYOUT), "context_length": context_length}
+        (directory / "run.json").write_text(json.dumps({"config": config} | ({"stage": stage} if stage else {})))
     return directory

@@ -11,16 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import SMALL_LAYOUT
+from conftest import SMALL_LAYOUT, make_run_dir
 from mio.cli.main import main
 from mio.config import load
 from mio.eval import harness, suites
 from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
 from mio.judges import speech as speech_judge
-from mio.model import ModelConfig, build_model
 from mio.segments import Text
-from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig
-from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
 from mio.toyworld import build
 from mio.toyworld.world import WorldConfig
 
@@ -40,21 +37,7 @@ def world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, text_tokenizer) -> Path:
     """An untrained run directory laid out like `mio train`'s export (stage: sft)."""
-    directory = tmp_path_factory.mktemp("run")
-    model = build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                                    max_position_embeddings=2048, init_std=0.5), len(text_tokenizer))
-    model.save_pretrained(directory)
-    text_tokenizer.save_pretrained(directory)
-    EmbeddedImageTokenizer(ImageTokenizerConfig(
-        image_size=32, conv_channels=(8, 16), width=32, heads=2, encoder_layers=1, qformer_layers=1, decoder_layers=1,
-        tokens_per_image=SMALL_LAYOUT.tokens_per_image, codebook_size=SMALL_LAYOUT.image_codebook_size,
-        codebook_dim=8)).save(directory / "image_tokenizer")
-    EmbeddedSpeechTokenizer(SpeechTokenizerConfig(
-        frame_rate=25.0, codebook_size=SMALL_LAYOUT.speech_codebook_size, latent_dim=16, channels=32, blocks=1,
-        kmeans_iters=2, griffin_lim_iters=4)).save(directory / "speech_tokenizer")
-    config = {"layout": dataclasses.asdict(SMALL_LAYOUT), "context_length": 2048}
-    (directory / "run.json").write_text(json.dumps({"stage": "sft", "config": config}))
-    return directory
+    return make_run_dir(tmp_path_factory.mktemp("run"), text_tokenizer, positions=2048, context_length=2048, stage="sft")
 
 
 @pytest.fixture(scope="module")

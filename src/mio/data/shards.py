@@ -244,9 +244,6 @@ class Shard:
         return (self[i] for i in range(len(self)))
 
 
-ShardReader = Shard
-
-
 class Dataset:
     """Several shards read as one sequence of documents, in shard order."""
 

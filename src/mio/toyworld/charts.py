@@ -66,11 +66,6 @@ def render_chart(chart: Chart, image_size: int = 64) -> Image.Image:
     return image
 
 
-def describe_chart(chart: Chart) -> str:
-    """`A bar chart: red 3, blue 5.`"""
-    return "A bar chart: " + ", ".join(f"{c} {v}" for c, v in chart.bars) + "."
-
-
 def chart_qa(chart: Chart, rng: random.Random) -> tuple[str, str]:
     """A (question, answer) pair about the chart."""
     kind = rng.randrange(4)
