@@ -52,6 +52,7 @@ import torch
 
 from mio import config as config_lib
 from mio.logs import configure_logging
+from mio.train.checkpoint import RUN_FILE
 from mio.vocab import VocabLayout
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ class Demo:
             cfg.init_from = str(self.run_dir(self.stage_names[index - 1]))
         config_lib.save(cfg, self.configs / f"{cfg.name}.toml")
         final = Stage(cfg, resume=True).run()
-        run = json.loads((Path(cfg.out_dir) / "run.json").read_text())
+        run = json.loads((Path(cfg.out_dir) / RUN_FILE).read_text())
         return {"final_loss": final.get("loss"), "data_shares": run.get("data_shares")}
 
     def step_eval(self, stage: str, name: str) -> dict:

@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 from mio.eval.suites import SUITES, Runner, SuiteSkipped, check_suite_names, run_suite
+from mio.train.checkpoint import RUN_FILE
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 WORLD_FILE = "world.json"
 SFT_STAGE = "sft"
 DEFAULT_WORLD = "data/toyworld"
