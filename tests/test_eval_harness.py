@@ -15,6 +15,7 @@ from conftest import SMALL_LAYOUT, make_run_dir
 from mio.cli.main import main
 from mio.config import load
 from mio.eval import harness, suites
+from mio.eval.baselines import SUITE_BASELINES
 from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
 from mio.judges import speech as speech_judge
 from mio.segments import Text
@@ -76,17 +77,17 @@ class OracleRunner(Runner):
 
 ORACLE_SCORES = {
     "text_mcq": {"accuracy": 1.0},
-    "image_captioning": {"attribute_accuracy": 1.0, "exact": 1.0},
+    "image_captioning": {"f1": 1.0, "exact": 1.0},
     "image_qa": {"vqa_accuracy": 1.0},
-    "image_generation": {"judge_exact": 1.0, "object_recall": 1.0, "ssim": 1.0},
+    "image_generation": {"judge_exact": 1.0, "object_f1": 1.0, "ssim": 1.0},
     "image_editing": {"judge_exact": 1.0, "ssim": 1.0, "copied_source": 0.0},
     "asr": {"wer": 0.0},
     "speech_understanding": {"vqa_accuracy": 1.0},
-    "video_captioning": {"change_accuracy": 1.0},
+    "video_captioning": {"change_f1": 1.0, "change_exact": 1.0},
     "video_understanding": {"vqa_accuracy": 1.0},
     "video_generation": {"change_accuracy": 1.0, "first_exact": 1.0, "last_exact": 1.0},
     "storytelling": {"image_exact": 1.0, "story_exact": 1.0, "consistency": 1.0},
-    "covt": {"accuracy_with_image": 1.0, "image_exact": 1.0},
+    "covt": {"accuracy_with_image": 1.0, "accuracy_direct": 1.0, "image_exact": 1.0},
     "icl": {"accuracy_k_shot": 1.0},
     "mcot": {"vqa_accuracy": 1.0, "answered": 1.0},
     "chart": {"vqa_accuracy": 1.0},
@@ -141,7 +142,10 @@ def test_random_model_runs_every_suite_reproducibly(world, model, fake_whisper):
     result, runner = harness.evaluate(model, "run", world, limit=1, batch_size=2, seed=3)
     assert set(result["suites"]) == set(SUITES) and not result["skipped"]
     for name, scores in result["suites"].items():
-        assert scores["n"] == 1 and all(isinstance(v, (int, float)) for v in scores.values()), name
+        values = {k: v for k, v in scores.items() if k not in ("ci95", "baselines")}
+        assert scores["n"] == 1 and all(isinstance(v, (int, float)) for v in values.values()), name
+        assert scores["ci95"] and all(low <= high for low, high in scores["ci95"].values()), name
+        assert set(scores["baselines"]) == set(SUITE_BASELINES[name]), name
     again, runner_again = harness.evaluate(
         model, "run", world, ["image_generation", "video_captioning"], limit=1, batch_size=2, seed=3
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ from mio.config import ConfigError, load
 from mio.data.encode import PRETRAIN_TYPES
 from mio.data.manifest import parse_line, read_manifest
 from mio.judges import video as video_judge
-from mio.toyworld import build, tasks, text
+from mio.prompts import ICL_ANSWER, instruction
+from mio.toyworld import build, overlap, tasks, text
 from mio.toyworld.charts import chart_qa, render_chart, sample_chart
 from mio.toyworld.scenes import COLORS, SceneSampler
 from mio.toyworld.videos import KINDS, OTHER, describe_clip, narrate, render_clip, sample_clip, scene_change
-from mio.toyworld.world import WorldConfig, draw_scene, heldout_combo_set, item_rng, split_voices, uses_combo
+from mio.toyworld.world import WorldConfig, draw_scene, heldout_combo_set, item_rng, scene_key, split_voices, uses_combo
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "toyworld"
 TINY = CONFIGS / "tiny.toml"
@@ -124,7 +126,7 @@ class RecordingStore:
         self.scenes.extend(clip.states)
         return "../media/video/0.mp4"
 
-    def speech(self, text_, voice):
+    def speech(self, text_, voice, about=None):
         self.voices.append(voice)
         return f"../media/speech/{len(self.voices)}.wav"
 
@@ -220,3 +222,158 @@ def test_world_config_names_every_sft_task_builder():
     from mio.toyworld.world import SFT_TASK_NAMES
 
     assert tuple(tasks.SFT_TASKS) == SFT_TASK_NAMES
+
+
+def test_builders_draw_on_their_side_of_the_split():
+    for test_split in (False, True):
+        ctx, store = _context(test_split)
+        builders = tasks.EVAL_SUITES if test_split else tasks.SFT_TASKS
+        for name, builder in builders.items():
+            for i in range(5):
+                store.scenes.clear()
+                builder(ctx, item_rng(0, name, i))
+                assert all(ctx.heldout.scene(s) == test_split for s in store.scenes), (name, i)
+    # questions: a test asks only reserved ones, in the families that can be held out; training never
+    train, _ = _context(False)
+    test, _ = _context(True)
+    for i in range(200):
+        question = test.question(item_rng(1, i))[0]
+        (kind, key), = text.question_keys(question)
+        assert kind in text.HOLDABLE_KINDS and test.heldout.question(kind, key)
+        document = text.document(item_rng(2, i), train.allows_question)
+        assert not any(train.heldout.question(*k) for k in text.question_keys(document)), document
+    assert text.question_keys("Question: What is 3 plus 4? Answer: 7. 13 plus 4 is 17.") == {
+        ("arithmetic", "what is 3 plus 4?"), ("arithmetic", "what is 13 plus 4?")}
+
+
+def test_overlap_check_passes_and_catches_a_test_item_in_training(tiny_world, tmp_path):
+    summary = json.loads((tiny_world / build.WORLD_FILE).read_text())
+    check = summary["heldout"]["check"]
+    assert check == overlap.check_overlap(tiny_world)
+    assert all(c["overlap"] == 0 for c in check["spaces"].values())
+    assert all(check["spaces"][s]["test"] > 0 and check["spaces"][s]["train"] > 0 for s in overlap.SPACES), check
+    copy = tmp_path / "world"
+    shutil.copytree(tiny_world, copy)
+    test_line = (copy / "eval" / "image_qa.jsonl").read_text().splitlines()[0]
+    with open(copy / "sft" / "image_qa.jsonl", "a") as f:  # a test item copied into SFT
+        f.write(test_line + "\n")
+    with pytest.raises(ValueError, match="held-out check failed.*scene"):
+        overlap.check_overlap(copy)
+    shutil.copy(tiny_world / "sft" / "image_qa.jsonl", copy / "sft" / "image_qa.jsonl")
+    overlap.check_overlap(copy)
+    question = json.loads((copy / "eval" / "text_mcq.truth.jsonl").read_text().splitlines()[0])["layout"].split("\n")[0]
+    with open(copy / "pretrain" / "language.jsonl", "a") as f:  # a test question inside a document
+        document = {"type": "language", "id": "copied", "segments": [{"text": f"Question: {question} Answer: 1."}]}
+        f.write(json.dumps(document) + "\n")
+    with pytest.raises(ValueError, match="question"):
+        overlap.check_overlap(copy)
+
+
+def test_a_suite_bigger_than_its_held_out_space_fails_before_building(tmp_path):
+    # 300 text questions cycle through three families: 100 arithmetic ones (of 187 questions in
+    # all, about 30% reserved for tests) and 100 comparisons (of 220)
+    cfg = load(WorldConfig, TINY, {"eval_suite_counts": {"text_mcq": 300}})
+    pattern = r"eval suite 'text_mcq': space 'question:(arithmetic|compare)' is too small .*\(\d+ of its (187|220) questions"
+    with pytest.raises(ValueError, match=pattern):
+        build.build(cfg, tmp_path / "world")
+    assert not (tmp_path / "world").exists()
+    with pytest.raises(ConfigError, match="eval_suite_counts: unknown suite"):
+        load(WorldConfig, {"eval_suite_counts": {"text_mcqs": 3}})
+
+
+def test_every_test_item_names_its_split(tiny_world):
+    summary = json.loads((tiny_world / build.WORLD_FILE).read_text())
+    for suite in tasks.EVAL_SUITES:
+        truths = [json.loads(line) for line in (tiny_world / "eval" / f"{suite}.truth.jsonl").read_text().splitlines()]
+        assert truths and all(t["split"] in tasks.SPLITS and t["unseen"] for t in truths), suite
+        assert {t["split"] for t in truths} <= {tasks.SUITE_SPLITS[suite], "unseen_combination"}
+        if suite == "image_generation":
+            assert all(t["heldout"] == (t["split"] == "unseen_combination") for t in truths)
+        assert sum(summary["heldout"]["splits"][suite].values()) == len(truths)
+    asr = [json.loads(line) for line in (tiny_world / "eval" / "asr.truth.jsonl").read_text().splitlines()]
+    assert all("voice" in t["unseen"] for t in asr)
+
+
+def _lines(world: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (world / "eval" / f"{name}.jsonl").read_text().splitlines()]
+
+
+def _user(line: dict) -> list[dict]:
+    return line["messages"][0]["content"]
+
+
+def test_control_arms_are_aligned_with_their_suites(tiny_world):
+    summary = json.loads((tiny_world / build.WORLD_FILE).read_text())
+    assert summary["arms"] == {"covt": {"direct": "eval/covt.direct.jsonl"},
+                               "icl": {"question": "eval/icl.question.jsonl", "shuffled": "eval/icl.shuffled.jsonl"}}
+    for suite, arms in summary["arms"].items():
+        ids = [line["id"] for line in _lines(tiny_world, suite)]
+        for arm, rel in arms.items():
+            records = list(read_manifest(tiny_world / rel))  # the SFT manifest schema
+            assert [r.where for r in records] and [line["id"] for line in _lines(tiny_world, f"{suite}.{arm}")] == ids
+
+
+def test_covt_direct_differs_from_covt_only_by_the_drawing_instruction(tiny_world):
+    truths = [json.loads(line) for line in (tiny_world / "eval" / "covt.truth.jsonl").read_text().splitlines()]
+    for drawn, direct, truth in zip(_lines(tiny_world, "covt"), _lines(tiny_world, "covt.direct"), truths):
+        (picture, prompt), (picture_direct, prompt_direct) = _user(drawn), _user(direct)
+        assert picture == picture_direct and tasks.COVT_DRAW in prompt["text"]
+        assert prompt_direct["text"] == prompt["text"].replace(tasks.COVT_DRAW, tasks.COVT_DIRECT)
+        assert direct["messages"][1]["content"] == truth["answer"] == drawn["messages"][1]["content"][-1]["text"]
+    # SFT teaches the format on items of its own: covt and covt_direct never share a source picture
+    sft = {task: [json.loads(line) for line in (tiny_world / "sft" / f"{task}.jsonl").read_text().splitlines()]
+           for task in ("covt", "covt_direct")}
+    for line in sft["covt_direct"]:
+        picture, prompt = _user(line)
+        assert prompt["text"].startswith("Imagine this change: ") and tasks.COVT_DRAW not in prompt["text"]
+        assert prompt["text"].endswith(tasks.COVT_DIRECT + " using a single word or phrase.")
+        assert isinstance(line["messages"][1]["content"], str)
+    sources = {task: {_user(line)[0]["image"] for line in lines} for task, lines in sft.items()}
+    assert not sources["covt"] & sources["covt_direct"]
+    ctx, _ = _context(False)
+    drawn = {scene_key(s) for s in (ctx.edit(item_rng(3, i), 2, tasks._covt_half(ctx, True))[0] for i in range(50))}
+    direct = {scene_key(s) for s in (ctx.edit(item_rng(3, i), 2, tasks._covt_half(ctx, False))[0] for i in range(50))}
+    assert not drawn & direct
+
+
+def _shots(line: dict) -> tuple[list[str], list[str]]:
+    content = _user(line)
+    return [p["image"] for p in content if "image" in p], [p["text"] for p in content if "text" in p]
+
+
+def test_icl_arms_ask_in_words_and_shuffle_the_shots(tiny_world):
+    truths = [json.loads(line) for line in (tiny_world / "eval" / "icl.truth.jsonl").read_text().splitlines()]
+    arms = zip(_lines(tiny_world, "icl"), _lines(tiny_world, "icl.question"), _lines(tiny_world, "icl.shuffled"), truths)
+    for k_shot, question, shuffled, truth in arms:
+        images, answers = _shots(k_shot)
+        assert answers == [ICL_ANSWER.format(answer=a) + "\n" for a in truth["shot_answers"]]
+        # the question arm: the query picture and its question in image QA's format and reply
+        assert _user(question) == [{"image": images[-1]}, {"text": instruction("image_qa", question=truth["question"])}]
+        assert question["messages"][1]["content"] == truth["answer"]
+        # the shuffled arm: the same pictures and query, the shots' answers permuted so they change
+        shuffled_images, shuffled_answers = _shots(shuffled)
+        assert shuffled_images == images and shuffled["messages"][1] == k_shot["messages"][1]
+        assert sorted(shuffled_answers) == sorted(answers) and shuffled_answers != answers
+        assert shuffled_answers == [ICL_ANSWER.format(answer=a) + "\n" for a in truth["shuffled_answers"]]
+
+
+def test_shuffled_answers_change_every_shot_they_can():
+    assert tasks.shuffle_answers(["red", "blue", "green"]) == ["blue", "green", "red"]
+    rng = random.Random(7)
+    for _ in range(300):
+        answers = [rng.choice("abc") for _ in range(rng.randint(2, 6))]
+        shuffled = tasks.shuffle_answers(answers)
+        assert sorted(shuffled) == sorted(answers)
+        most = max(answers.count(a) for a in answers)
+        unchanged = sum(a == b for a, b in zip(answers, shuffled))
+        assert unchanged == max(0, 2 * most - len(answers)), (answers, shuffled)  # the fewest possible
+
+
+def test_image_qa_teaches_the_icl_questions():
+    rng = random.Random(8)
+    for _ in range(40):
+        scene = SceneSampler(seed=rng.randrange(10**6), max_objects=1).sample()
+        asked = dict(tasks.scene_qa(scene, random.Random(seed)) for seed in range(200))
+        for kind in tasks.ICL_KINDS:
+            question = tasks.icl_question(scene, kind)
+            assert asked[question] == tasks.icl_answer(scene, kind), (kind, question)

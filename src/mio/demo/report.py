@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mio.data.manifest import MediaRef, read_manifest
+from mio.eval.harness import baseline_summary, headline
 
 CHECKPOINTS = ("base", "instruct")
 # The tokenizer figures shown on the page (metrics.json keeps them all).
@@ -64,24 +65,26 @@ class Target:
         met = None
         if value is not None and bound is not None:
             met = bool({">=": operator.ge, "<=": operator.le}[self.op](value, bound))
+        interval = None if scores is None else scores.get("ci95", {}).get(self.metric)
+        blind = None if scores is None else {b: s.get(self.metric) for b, s in scores.get("baselines", {}).items()}
         return {"label": self.label, "suite": self.suite, "metric": self.metric, "op": self.op,
-                "bound": bound, "value": value, "met": met}
+                "bound": bound, "value": value, "ci95": interval, "baselines": blind, "met": met}
 
 
 TARGETS = (
-    Target("image captioning attribute accuracy", "image_captioning", "attribute_accuracy", ">=", 0.90),
+    Target("image captioning object F1", "image_captioning", "f1", ">=", 0.90),
     Target("image QA", "image_qa", "vqa_accuracy", ">=", 0.90),
     Target("text-only MCQ", "text_mcq", "accuracy", ">=", 0.90),
     Target("ASR WER (held-out voices)", "asr", "wer", "<=", 0.15),
     Target("speech understanding", "speech_understanding", "vqa_accuracy", ">=", 0.80),
-    Target("video captioning (change named)", "video_captioning", "change_accuracy", ">=", 0.85),
+    Target("video captioning (the change, nothing else)", "video_captioning", "change_f1", ">=", 0.85),
     Target("image generation fully correct", "image_generation", "judge_exact", ">=", 0.60),
     Target("image editing", "image_editing", "judge_exact", ">=", 0.50),
     Target("video generation", "video_generation", "change_accuracy", ">=", 0.50),
     Target("TTS WER <= 2 x judge's reference WER", "tts", "wer", "<=", 2.0, "judge_wer_reference"),
     Target("speech-to-speech", "speech_to_speech", "answer_accuracy", ">=", 0.50),
-    Target("k-shot ICL gain over 0-shot", "icl", "gain", ">=", 0.20),
-    Target("chain-of-visual-thought gain", "covt", "gain", ">=", 0.10),
+    Target("k-shot ICL gain over the question stated in words", "icl", "gain", ">=", 0.20),
+    Target("chain-of-visual-thought gain over answering directly", "covt", "gain", ">=", 0.10),
 )
 
 
@@ -232,7 +235,10 @@ def _metric_table(checkpoints: dict[str, dict]) -> str:
             if scores is None:
                 cells.append(f"<td><i>{html.escape(reason or 'not run')}</i></td>")
             else:
-                cells.append("<td>" + "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in scores.items()) + "</td>")
+                lines = [f"<b>{html.escape(headline(suite, scores))}</b>",
+                         f"blind: {html.escape(baseline_summary(suite, scores) or '-')}"]
+                lines += [f"{html.escape(k)}: {_fmt(v)}" for k, v in scores.items() if k not in ("ci95", "baselines")]
+                cells.append("<td>" + "<br>".join(lines) + "</td>")
         rows.append(f"<tr><td>{suite}</td>{''.join(cells)}</tr>")
     return f"<table><tr><th>suite</th>{head}</tr>{''.join(rows)}</table>"
 
@@ -242,10 +248,13 @@ def _target_table(targets: list[dict]) -> str:
     for t in targets:
         css = {True: "met", False: "missed"}.get(t["met"], "")
         verdict = {True: "met", False: "missed"}.get(t["met"], "not measured")
+        interval = f" [{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}]" if t.get("ci95") else ""
+        blind = ", ".join(f"{b} {_fmt(v)}" for b, v in (t.get("baselines") or {}).items())
         rows.append(f"<tr class='{css}'><td>{html.escape(t['label'])}</td><td>{t['suite']}.{t['metric']}</td>"
-                    f"<td>{t['op']} {_fmt(t['bound'])}</td><td>{_fmt(t['value'])}</td><td>{verdict}</td></tr>")
-    return ("<table><tr><th>target</th><th>metric</th><th>bound</th><th>instruct</th><th></th></tr>"
-            + "".join(rows) + "</table>")
+                    f"<td>{t['op']} {_fmt(t['bound'])}</td><td>{_fmt(t['value'])}{interval}</td>"
+                    f"<td>{html.escape(blind)}</td><td>{verdict}</td></tr>")
+    return ("<table><tr><th>target</th><th>metric</th><th>bound</th><th>instruct [95% interval]</th>"
+            "<th>blind baselines</th><th></th></tr>" + "".join(rows) + "</table>")
 
 
 def write_report(demo: str | Path, preset: str, run_dirs: list[str], samples: int = 4) -> tuple[Path, Path]:

@@ -5,9 +5,12 @@
 Runs the suites (`mio.eval.suites`; all by default, or those named by `--suite`) on the
 test items of a built world and writes, in `--out` (default `DIR/eval`):
 
-- `metrics.json`: `{"suites": {SUITE: {METRIC: value, ..., "n": count}}, "model": DIR,
-  "base": bool, "skipped": {SUITE: reason}, "seconds": {SUITE: s}}` (also to `--json PATH`);
-- `metrics.md`: the same as a Markdown table;
+- `metrics.json`: `{"suites": {SUITE: {METRIC: value, ..., "n": count, "ci95": {METRIC: [low,
+  high]}, "baselines": {BASELINE: {METRIC: value}}}}, "model": DIR, "base": bool,
+  "skipped": {SUITE: reason}, "seconds": {SUITE: s}}` (also to `--json PATH`); the blind
+  baselines (`mio.eval.baselines`) are scored on the same items by the same code;
+- `metrics.md`: the same as a Markdown table, each headline metric beside its interval and
+  its blind baselines;
 - `replies/<suite>.jsonl` (every reply's text, and for spoken replies what the Whisper
   judge heard) and `replies/<suite>/` (the first
   `--samples` replies' pictures, videos and audio).
@@ -25,7 +28,8 @@ import logging
 import time
 from pathlib import Path
 
-from mio.eval.suites import SUITES, Runner, SuiteSkipped, check_suite_names, run_suite
+from mio.eval.baselines import baseline_scores
+from mio.eval.suites import HEADLINE, SUITES, Runner, SuiteSkipped, check_suite_names, run_suite
 from mio.train.checkpoint import RUN_FILE
 
 log = logging.getLogger(__name__)
@@ -57,9 +61,10 @@ def world_image_size(world: Path) -> int:
 
 def evaluate(model, model_name: str, world: str | Path, suites: list[str] | None = None, limit: int | None = None,
              base: bool = False, batch_size: int = 8, seed: int = 0, decoding=None,
-             suite_limits: dict[str, int] | None = None) -> tuple[dict, Runner]:
+             suite_limits: dict[str, int] | None = None, baselines: bool = True) -> tuple[dict, Runner]:
     """Run suites on a loaded model; returns the metrics object and the runner (its replies).
-    `limit` caps the items of every suite; `suite_limits` caps named suites instead."""
+    `limit` caps the items of every suite; `suite_limits` caps named suites instead; with
+    `baselines`, every suite also scores its blind baselines on the same items."""
     world = Path(world)
     names = suites or list(SUITES)
     suite_limits = suite_limits or {}
@@ -69,8 +74,11 @@ def evaluate(model, model_name: str, world: str | Path, suites: list[str] | None
     result = {"suites": {}, "model": model_name, "base": base, "skipped": {}, "seconds": {}}
     for name in names:
         started = time.monotonic()
+        n = suite_limits.get(name, limit)
         try:
-            result["suites"][name] = run_suite(name, runner, world, suite_limits.get(name, limit), image_size)
+            result["suites"][name] = run_suite(name, runner, world, n, image_size)
+            if baselines:
+                result["suites"][name]["baselines"] = baseline_scores(name, world, n, image_size, base)
         except SuiteSkipped as e:
             result["skipped"][name] = str(e)
             log.warning("%s: skipped: %s", name, e)
@@ -85,15 +93,32 @@ def _format_value(value) -> str:
 
 
 def _format_scores(scores: dict) -> str:
-    return ", ".join(f"{k} {_format_value(v)}" for k, v in scores.items() if k != "n")
+    return ", ".join(f"{k} {_format_value(v)}" for k, v in scores.items() if k not in ("n", "ci95", "baselines"))
+
+
+def headline(name: str, scores: dict) -> str:
+    """`metric value [low, high]` of a suite's headline metric."""
+    metric = HEADLINE.get(name, "")
+    if metric not in scores:
+        return ""
+    low, high = scores.get("ci95", {}).get(metric, (None, None))
+    interval = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
+    return f"{metric} {scores[metric]:.3f}{interval}"
+
+
+def baseline_summary(name: str, scores: dict) -> str:
+    """The blind baselines' headline metric, `constant 0.25, prompt_copy 0.00`."""
+    metric = HEADLINE.get(name, "")
+    return ", ".join(f"{b} {s[metric]:.3f}" for b, s in scores.get("baselines", {}).items() if metric in s)
 
 
 def markdown_table(result: dict) -> str:
     """The metrics as a Markdown table (one row per suite), skipped suites after it."""
     lines = [f"Evaluation of `{result['model']}` ({'base' if result['base'] else 'instruction-tuned'})", "",
-             "| suite | n | metrics |", "|---|---|---|"]
+             "| suite | n | headline [95% interval] | blind baselines | all metrics |", "|---|---|---|---|---|"]
     for name, scores in result["suites"].items():
-        lines.append(f"| {name} | {scores['n']} | {_format_scores(scores)} |")
+        lines.append(f"| {name} | {scores['n']} | {headline(name, scores)} | {baseline_summary(name, scores)} "
+                     f"| {_format_scores(scores)} |")
     if result["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {name}: {reason}" for name, reason in result["skipped"].items()]
     return "\n".join(lines) + "\n"

@@ -6,21 +6,25 @@ schema, and `<suite>.truth.jsonl`), asks the model in batches through `mio.api.M
 (`chat_batch` with the task's SFT prompt for instruction-tuned checkpoints,
 `complete_batch` with the pre-training template for base ones) and scores the replies:
 
-| suite | metrics |
+| suite | metrics (headline first) |
 |---|---|
 | text_mcq | MCQ accuracy; the share of replies giving the most common letter (1.0: a constant answer) |
-| image_captioning, video_captioning | CIDEr, attribute accuracy (video: change accuracy) |
+| image_captioning | object F1 (an object counts when shape, colour, size and cell are right), precision, recall, exact, CIDEr |
+| video_captioning | F1 of the changes the description claims against the true change, exact, CIDEr |
 | image_qa, chart, video_understanding, speech_understanding, mcot | VQA accuracy |
-| image_generation, image_editing | judge exact rate, object recall, SSIM to the true render |
+| image_generation, image_editing | judge exact rate, object F1 of the judged picture, SSIM to the true render |
 | asr | WER (Whisper normalisation) |
 | tts, speech_generation, speech_to_speech | Whisper judge WER on generated audio beside its WER on the reference audio |
 | video_generation | video judge (change accuracy, frames) |
 | storytelling | judge exact rate per picture, consistency between pictures |
-| covt | accuracy with vs without the intermediate picture |
-| icl | accuracy k-shot vs 0-shot |
+| covt | accuracy drawing the changed picture first vs answering directly (both formats taught in SFT) |
+| icl | accuracy k-shot vs a 0-shot prompt that states the question, and vs k shots with shuffled answers |
 
-Decoding uses the model's defaults (the paper's Table 11) unless the runner is given a
-`DecodingConfig`. Suites that speak are skipped (`SuiteSkipped`) without the Whisper judge.
+Every suite also gives `ci95`: a 95% interval per metric (Wilson for rates, a bootstrap over
+items otherwise, paired for differences). Control arms of a suite are other prompts for the
+same items (`DIR/eval/<suite>.<arm>.jsonl`, aligned line by line). Decoding uses the
+model's defaults (the paper's Table 11) unless the runner is given a `DecodingConfig`.
+Suites that speak are skipped (`SuiteSkipped`) without the Whisper judge.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from mio.prompts import ANSWER_MARKER, BASE_TEMPLATES, ICL_ANSWER, base_prompt
 from mio.segments import Image, Message, Segment, Speech, Text, Video
 from mio.toyworld.scenes import render
 from mio.toyworld.tasks import clip_from_json, scene_from_json
-from mio.toyworld.videos import narrate, scene_change
+from mio.toyworld.videos import scene_change
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +108,13 @@ def _load_media(ref: MediaRef, image_size: int) -> Segment:
     return Video(frames=[Image(image=f) for f in frames])
 
 
-def load_items(world: Path, suite: str, limit: int | None = None, image_size: int = 64) -> list[EvalItem]:
-    """The first `limit` test items of a suite, media loaded."""
-    manifest, truth_file = world / "eval" / f"{suite}.jsonl", world / "eval" / f"{suite}.truth.jsonl"
+def load_items(world: Path, suite: str, limit: int | None = None, image_size: int = 64, arm: str = "") -> list[EvalItem]:
+    """The first `limit` test items of a suite, media loaded; with `arm`, the same items as
+    the suite's control arm `<suite>.<arm>.jsonl` asks them."""
+    name = f"{suite}.{arm}" if arm else suite
+    manifest, truth_file = world / "eval" / f"{name}.jsonl", world / "eval" / f"{suite}.truth.jsonl"
     if not manifest.is_file() or not truth_file.is_file():
-        raise FileNotFoundError(f"no test items for suite {suite!r} in {world} (build the world with `mio toyworld`)")
+        raise FileNotFoundError(f"no test items for {name!r} in {world} (build the world with `mio toyworld`)")
     truths = [json.loads(line) for line in truth_file.read_text().splitlines() if line.strip()]
     items = []
     for record, truth in zip(read_manifest(manifest), truths):
@@ -221,6 +227,28 @@ def _needs_judge() -> None:
         raise SuiteSkipped(speech_judge.UNAVAILABLE_HINT)
 
 
+def _arm(world: Path, suite: str, arm: str, items: list[EvalItem]) -> list[EvalItem]:
+    """The control arm's prompts for exactly `items`."""
+    try:
+        arm_items = load_items(world, suite, len(items), arm=arm)
+    except FileNotFoundError:
+        raise SuiteSkipped(f"the world has no {suite}.{arm} control arm; rebuild it with `mio toyworld`") from None
+    if [i.id for i in arm_items] != [i.id for i in items]:
+        raise ValueError(f"{world}/eval/{suite}.{arm}.jsonl is not aligned with {suite}.jsonl")
+    return arm_items
+
+
+def _interval(values: Sequence[float]) -> list[float]:
+    return list(metrics.mean_interval(values))
+
+
+def _wer_scores(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[float, list[float]]:
+    """Corpus WER and its 95% interval (a bootstrap over items)."""
+    errors = speech_judge.word_errors(references, hypotheses)
+    corpus = lambda pairs: sum(e for e, _ in pairs) / max(1, sum(w for _, w in pairs))  # noqa: E731
+    return corpus(errors), list(metrics.bootstrap_interval(errors, statistic=corpus))
+
+
 # ---- suites ----
 
 def text_mcq(r: Runner, items: list[EvalItem]) -> dict:
@@ -232,16 +260,17 @@ def text_mcq(r: Runner, items: list[EvalItem]) -> dict:
     # A model that does not read the question answers one letter throughout; its accuracy is
     # then that letter's share of the answer key, which can sit far above chance on few items.
     top_letter = max(Counter(letter for letter in letters if letter).values(), default=0)
-    return {"accuracy": metrics.mean([letter == i.truth["answer"] for i, letter in zip(items, letters)]),
-            "top_letter_share": top_letter / max(1, len(letters))}
+    correct = [float(letter == i.truth["answer"]) for i, letter in zip(items, letters)]
+    return {"accuracy": metrics.mean(correct), "top_letter_share": top_letter / max(1, len(letters)),
+            "ci95": {"accuracy": _interval(correct)}}
 
 
 def _short_answers(suite: str):
     def run(r: Runner, items: list[EvalItem]) -> dict:
         _needs_instruct(r, suite)
         replies = r.chat(suite, items, output_modalities={"text"})
-        return {"vqa_accuracy": metrics.mean([metrics.vqa_accuracy(text_of(x), [i.truth["answer"]])
-                                              for i, x in zip(items, replies)])}
+        scores = [metrics.vqa_accuracy(text_of(x), [i.truth["answer"]]) for i, x in zip(items, replies)]
+        return {"vqa_accuracy": metrics.mean(scores), "ci95": {"vqa_accuracy": _interval(scores)}}
     run.__doc__ = f"{suite}: a short answer per question, VQA accuracy."
     return run
 
@@ -250,9 +279,9 @@ def mcot(r: Runner, items: list[EvalItem]) -> dict:
     _needs_instruct(r, "mcot")
     replies = r.chat("mcot", items, output_modalities={"text"}, max_new_tokens=REASONING_TOKENS)
     texts = [text_of(x) for x in replies]
-    return {"vqa_accuracy": metrics.mean([metrics.vqa_accuracy(metrics.extract_answer(t, ANSWER_MARKER), [i.truth["answer"]])
-                                          for i, t in zip(items, texts)]),
-            "answered": metrics.mean([ANSWER_MARKER in t for t in texts])}
+    scores = [metrics.vqa_accuracy(metrics.extract_answer(t, ANSWER_MARKER), [i.truth["answer"]]) for i, t in zip(items, texts)]
+    return {"vqa_accuracy": metrics.mean(scores), "answered": metrics.mean([ANSWER_MARKER in t for t in texts]),
+            "ci95": {"vqa_accuracy": _interval(scores)}}
 
 
 def image_captioning(r: Runner, items: list[EvalItem]) -> dict:
@@ -262,32 +291,34 @@ def image_captioning(r: Runner, items: list[EvalItem]) -> dict:
     else:
         replies = r.chat("image_captioning", items, output_modalities={"text"}, max_new_tokens=CAPTION_TOKENS)
     texts = [text_of(x) for x in replies]
-    attributes = [metrics.attribute_accuracy(scene_from_json(i.truth["scene"]).objects, t) for i, t in zip(items, texts)]
-    return {"cider": metrics.cider([i.truth["references"] for i in items], texts),
-            "attribute_accuracy": metrics.mean([a["attributes"] for a in attributes]),
-            "exact": metrics.mean([a["exact"] for a in attributes])}
+    scores = [metrics.caption_scores(scene_from_json(i.truth["scene"]).objects, t) for i, t in zip(items, texts)]
+    keys = ("f1", "precision", "recall", "exact")
+    result = {k: metrics.mean([x[k] for x in scores]) for k in keys}
+    result["cider"] = metrics.cider([i.truth["references"] for i in items], texts) if len(items) > 1 else 0.0
+    return {**result, "ci95": {k: _interval([x[k] for x in scores]) for k in keys}}
 
 
 def _judge_images(items: list[EvalItem], pictures: list[PILImage.Image | None]) -> dict:
     """Judge accuracy and SSIM of generated pictures against the items' true scenes."""
-    exact, recall, similarity, heldout, seen = [], [], [], [], []
+    exact, f1, similarity, by_split = [], [], [], {}
     for item, picture in zip(items, pictures):
         scene = scene_from_json(item.truth["scene"])
         if picture is None:
-            ok, found, sim = False, 0.0, 0.0
+            ok, overlap, sim = 0.0, 0.0, 0.0
         else:
             read = image_judge.object_key(image_judge.read_objects(picture))
-            ok = read == scene.key()
-            found = len(read & scene.key()) / max(len(scene.key()), 1)
+            ok = float(read == scene.key())
+            overlap = metrics.object_scores(scene.key(), sorted(read))["f1"]
             sim = metrics.ssim(picture, render(scene, picture.width))
         exact.append(ok)
-        recall.append(found)
+        f1.append(overlap)
         similarity.append(sim)
-        (heldout if item.truth.get("heldout") else seen).append(ok)
-    result = {"judge_exact": metrics.mean(exact), "object_recall": metrics.mean(recall), "ssim": metrics.mean(similarity),
+        by_split.setdefault(item.truth.get("split", "unseen_item"), []).append(ok)
+    result = {"judge_exact": metrics.mean(exact), "object_f1": metrics.mean(f1), "ssim": metrics.mean(similarity),
               "has_image": metrics.mean([p is not None for p in pictures])}
-    if heldout:
-        result.update(judge_exact_heldout=metrics.mean(heldout), judge_exact_seen=metrics.mean(seen), n_heldout=len(heldout))
+    if len(by_split) > 1:
+        result.update({f"judge_exact/{split}": metrics.mean(v) for split, v in sorted(by_split.items())})
+    result["ci95"] = {"judge_exact": _interval(exact), "object_f1": _interval(f1)}
     return result
 
 
@@ -321,7 +352,8 @@ def asr(r: Runner, items: list[EvalItem]) -> dict:
         replies = r.complete("asr", items, prompts, {"text"}, CAPTION_TOKENS)
     else:
         replies = r.chat("asr", items, output_modalities={"text"}, max_new_tokens=CAPTION_TOKENS)
-    return {"wer": metrics.wer([i.truth["text"] for i in items], [text_of(x) for x in replies])}
+    wer, interval = _wer_scores([i.truth["text"] for i in items], [text_of(x) for x in replies])
+    return {"wer": wer, "ci95": {"wer": interval}}
 
 
 def _transcribe_files(paths: list[Path]) -> list[str]:
@@ -340,11 +372,14 @@ def _judge_speech(r: Runner, suite: str, items: list[EvalItem], replies, world: 
     for item, transcript in zip(items, heard):
         kept[item.id]["heard"] = transcript
     reference = _transcribe_files([world / "eval" / i.truth["reference"] for i in items])
-    result = {"wer": metrics.wer(texts, heard), "judge_wer_reference": metrics.wer(texts, reference),
-              "has_speech": metrics.mean([speech_of(x) is not None for x in replies])}
+    wer, interval = _wer_scores(texts, heard)
+    result = {"wer": wer, "judge_wer_reference": metrics.wer(texts, reference),
+              "has_speech": metrics.mean([speech_of(x) is not None for x in replies]), "ci95": {"wer": interval}}
     if "answer" in items[0].truth:
-        result["answer_accuracy"] = metrics.mean([
-            metrics.vqa_accuracy(metrics.extract_answer(h, ANSWER_MARKER), [i.truth["answer"]]) for i, h in zip(items, heard)])
+        answers = [metrics.vqa_accuracy(metrics.extract_answer(h, ANSWER_MARKER), [i.truth["answer"]])
+                   for i, h in zip(items, heard)]
+        result["answer_accuracy"] = metrics.mean(answers)
+        result["ci95"]["answer_accuracy"] = _interval(answers)
     return result
 
 
@@ -380,9 +415,11 @@ def video_captioning(r: Runner, items: list[EvalItem]) -> dict:
     else:
         replies = r.chat("video_captioning", items, output_modalities={"text"}, max_new_tokens=DESCRIPTION_TOKENS)
     texts = [text_of(x) for x in replies]
-    changes = [metrics.normalize_caption(narrate(clip_from_json(i.truth["clip"]).change)) in metrics.normalize_caption(t)
-               for i, t in zip(items, texts)]
-    return {"cider": metrics.cider([i.truth["references"] for i in items], texts), "change_accuracy": metrics.mean(changes)}
+    scores = [metrics.change_scores(clip_from_json(i.truth["clip"]).change, t) for i, t in zip(items, texts)]
+    result = {"change_f1": metrics.mean([x["f1"] for x in scores]), "change_exact": metrics.mean([x["exact"] for x in scores])}
+    result["cider"] = metrics.cider([i.truth["references"] for i in items], texts) if len(items) > 1 else 0.0
+    return {**result, "ci95": {"change_f1": _interval([x["f1"] for x in scores]),
+                               "change_exact": _interval([x["exact"] for x in scores])}}
 
 
 def video_generation(r: Runner, items: list[EvalItem]) -> dict:
@@ -393,9 +430,11 @@ def video_generation(r: Runner, items: list[EvalItem]) -> dict:
     else:
         replies = r.chat("video_generation", items, output_modalities={"video"}, max_new_tokens=budget)
     videos = [images_of(x) for x in replies]
-    result = video_judge.score([clip_from_json(i.truth["clip"]) for i in items], videos)
-    result.pop("n")
-    return {**result, "frames": metrics.mean([len(v) for v in videos])}
+    per_item = [video_judge.score([clip_from_json(i.truth["clip"])], [v]) for i, v in zip(items, videos)]
+    keys = [k for k in per_item[0] if k != "n"]
+    result = {k: metrics.mean([x[k] for x in per_item]) for k in keys}
+    return {**result, "frames": metrics.mean([len(v) for v in videos]),
+            "ci95": {"change_accuracy": _interval([x["change_accuracy"] for x in per_item])}}
 
 
 def storytelling(r: Runner, items: list[EvalItem]) -> dict:
@@ -416,36 +455,48 @@ def storytelling(r: Runner, items: list[EvalItem]) -> dict:
             ok = read[k - 1] is not None and read[k] is not None
             consistent.append(ok and scene_change(read[k - 1], read[k]) == scene_change(truth[k - 1], truth[k]))
     return {"image_exact": metrics.mean(exact), "story_exact": metrics.mean(whole),
-            "consistency": metrics.mean(consistent), "images_per_story": metrics.mean(counts)}
+            "consistency": metrics.mean(consistent), "images_per_story": metrics.mean(counts),
+            "ci95": {"image_exact": _interval(exact), "consistency": _interval(consistent)}}
 
 
-def covt(r: Runner, items: list[EvalItem]) -> dict:
+def covt(r: Runner, items: list[EvalItem], world: Path) -> dict:
+    """Draw the changed picture, then answer; against the control arm `direct`: the same items
+    asked to answer directly (a format SFT teaches on other items), same checkpoint."""
     _needs_instruct(r, "covt")
     answers = [[i.truth["answer"]] for i in items]
     drawn = r.chat("covt", items, output_modalities={"text", "image"}, max_new_tokens=r.image_tokens() + SHORT_ANSWER_TOKENS)
     with_image = [metrics.vqa_accuracy(text_after_images(x), a) for x, a in zip(drawn, answers)]
-    direct = r.chat("covt/text_only", items, output_modalities={"text"})
+    direct = r.chat("covt/direct", _arm(world, "covt", "direct", items), output_modalities={"text"})
     without = [metrics.vqa_accuracy(text_of(x), a) for x, a in zip(direct, answers)]
     judged = _judge_images(items, [_first_picture(x) for x in drawn])
-    return {"accuracy_with_image": metrics.mean(with_image), "accuracy_without_image": metrics.mean(without),
-            "gain": metrics.mean(with_image) - metrics.mean(without), "image_exact": judged["judge_exact"]}
+    return {"gain": metrics.mean(with_image) - metrics.mean(without), "accuracy_with_image": metrics.mean(with_image),
+            "accuracy_direct": metrics.mean(without), "image_exact": judged["judge_exact"],
+            "ci95": {"gain": list(metrics.paired_difference_interval(with_image, without)),
+                     "accuracy_with_image": _interval(with_image), "accuracy_direct": _interval(without)}}
 
 
-def icl(r: Runner, items: list[EvalItem]) -> dict:
-    zero_shot = [[Image(image=i.user_content[-1].image)] for i in items]
+def icl(r: Runner, items: list[EvalItem], world: Path) -> dict:
+    """k shots of one unstated question, then a query; against two control arms on the same
+    items: `question`, 0 shots with the question stated in words (a format SFT teaches), and
+    `shuffled`, the same k shots with their answers permuted (the examples must be read)."""
 
-    def ask(name: str, contents: list[list[Segment]]) -> list[float]:
+    def ask(name: str, asked: list[EvalItem]) -> list[float]:
         if r.base:
-            replies = r.complete(name, items, [c + [Text(ICL_MARKER)] for c in contents], {"text"})
+            replies = r.complete(name, items, [i.user_content + [Text(ICL_MARKER)] for i in asked], {"text"})
         else:
-            replies = r.chat(name, items, [[Message("user", c)] for c in contents], output_modalities={"text"})
+            replies = r.chat(name, items, [i.prompt for i in asked], output_modalities={"text"})
         return [metrics.vqa_accuracy(metrics.extract_answer(text_of(x), ICL_MARKER), [i.truth["answer"]])
                 for i, x in zip(items, replies)]
 
-    k_shot = ask("icl", [i.user_content for i in items])
-    zero = ask("icl/0_shot", zero_shot)
-    return {"accuracy_k_shot": metrics.mean(k_shot), "accuracy_0_shot": metrics.mean(zero),
-            "gain": metrics.mean(k_shot) - metrics.mean(zero), "k": items[0].truth["shots"]}
+    k_shot = ask("icl", items)
+    question = ask("icl/question", _arm(world, "icl", "question", items))
+    shuffled = ask("icl/shuffled", _arm(world, "icl", "shuffled", items))
+    return {"gain": metrics.mean(k_shot) - metrics.mean(question), "accuracy_k_shot": metrics.mean(k_shot),
+            "accuracy_0_shot_question": metrics.mean(question), "accuracy_shuffled_labels": metrics.mean(shuffled),
+            "gain_over_shuffled": metrics.mean(k_shot) - metrics.mean(shuffled), "k": items[0].truth["shots"],
+            "ci95": {"gain": list(metrics.paired_difference_interval(k_shot, question)),
+                     "gain_over_shuffled": list(metrics.paired_difference_interval(k_shot, shuffled)),
+                     "accuracy_k_shot": _interval(k_shot)}}
 
 
 @dataclass(frozen=True)
@@ -471,11 +522,25 @@ SUITES: dict[str, Suite] = {
     "video_understanding": Suite(_short_answers("video_understanding")),
     "video_generation": Suite(video_generation),
     "storytelling": Suite(storytelling),
-    "covt": Suite(covt),
-    "icl": Suite(icl),
+    "covt": Suite(covt, needs_world=True),
+    "icl": Suite(icl, needs_world=True),
     "mcot": Suite(mcot),
     "chart": Suite(_short_answers("chart")),
 }
+
+
+HEADLINE: dict[str, str] = {
+    "text_mcq": "accuracy", "image_captioning": "f1", "image_qa": "vqa_accuracy", "image_generation": "judge_exact",
+    "image_editing": "judge_exact", "asr": "wer", "tts": "wer", "speech_understanding": "vqa_accuracy",
+    "speech_generation": "answer_accuracy", "speech_to_speech": "answer_accuracy", "video_captioning": "change_f1",
+    "video_understanding": "vqa_accuracy", "video_generation": "change_accuracy", "storytelling": "image_exact",
+    "covt": "gain", "icl": "gain", "mcot": "vqa_accuracy", "chart": "vqa_accuracy",
+}
+"""Each suite's headline metric: the one its tables, targets and baseline checks lead with.
+Spoken answers are judged by the answer heard, not WER: every reply is `The answer is X.`, so
+any reply in that template has a low WER whatever X is."""
+LOWER_IS_BETTER = {"wer"}
+"""Metrics where less is better."""
 
 
 def check_suite_names(names) -> None:

@@ -93,6 +93,23 @@ def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return float(jiwer.wer(_normalise(refs), _normalise(hyps)))
 
 
+def word_errors(refs: Sequence[str], hyps: Sequence[str]) -> list[tuple[int, int]]:
+    """Per item (word errors, reference words) after Whisper's English normalisation; their
+    sums give the corpus WER, and resampling items gives its interval."""
+    import jiwer
+
+    refs, hyps = _checked(refs, hyps)
+    out = []
+    for ref, hyp in zip(_normalise(refs), _normalise(hyps)):
+        words = len(ref.split())
+        if not words:
+            out.append((len(hyp.split()), 0))
+            continue
+        m = jiwer.process_words(ref, hyp if hyp.strip() else "")
+        out.append((m.substitutions + m.deletions + m.insertions, words))
+    return out
+
+
 def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Corpus character error rate (no normalisation: for spelled-out transcripts)."""
     import jiwer

@@ -11,20 +11,30 @@ generalisation:
 - voices: eSpeak voices (`mio.toyworld.speech_synth.voice_pool`) split into training and
   held-out ones; every test utterance is spoken by a held-out voice.
 
+And every test item is held out by construction (`HeldOut`): a seeded hash reserves a share
+(`heldout_share`) of each key space for test items: scenes (their object sets, `Scene.key`),
+questions (`mio.toyworld.text.question_keys`: the normalised question, an arithmetic fact
+keyed as its question) and charts (their bars). Test items are drawn only from the reserved
+parts, training items (pre-training documents and SFT conversations) only from the rest,
+so no test scene, clip state, question, chart or utterance occurs in training.
+`mio.toyworld.overlap` checks the written corpus for it at the end of every build.
+
 Everything drawn from the world is seeded per item (`item_rng`), so an item does not
 depend on how many items came before it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
 from mio.toyworld.scenes import COLORS, SHAPES, Scene, SceneSampler
 from mio.toyworld.speech_synth import Voice, voice_pool
+from mio.toyworld.text import HOLDABLE_KINDS
 
 # Rejection sampling gives up after this many draws (only reachable with a config that
-# holds out nearly every combination).
+# holds out nearly every combination, or a heldout_share near 0 or 1).
 MAX_DRAWS = 1000
 
 
@@ -33,7 +43,13 @@ MAX_DRAWS = 1000
 SFT_TASK_NAMES = (
     "language", "icl", "mcot", "chart", "image_editing", "asr", "video_dialogue", "image_qa", "speech_generation",
     "speech_understanding", "image_captioning", "image_generation", "tts", "video_generation", "video_understanding",
-    "video_captioning", "storytelling", "covt", "speech_to_speech",
+    "video_captioning", "storytelling", "covt", "covt_direct", "speech_to_speech",
+)
+# The evaluation suites a world builds (each a builder in `tasks.EVAL_SUITES`, in this order).
+EVAL_SUITE_NAMES = (
+    "text_mcq", "image_captioning", "image_qa", "image_generation", "image_editing", "asr", "tts", "speech_understanding",
+    "speech_generation", "speech_to_speech", "video_captioning", "video_understanding", "video_generation", "storytelling",
+    "covt", "icl", "mcot", "chart",
 )
 
 
@@ -65,6 +81,12 @@ class WorldConfig:
     """Per-task overrides of `sft_per_task`, e.g. {image_generation = 300}."""
     eval_per_suite: int = 40
     """Test items per evaluation suite."""
+    eval_suite_counts: dict[str, int] = field(default_factory=dict)
+    """Per-suite overrides of `eval_per_suite`, e.g. {text_mcq = 200}."""
+    heldout_share: float = 0.3
+    """Share of every key space (scenes, questions, charts) reserved for test items: test items
+    are drawn from it, training items from the rest (`HeldOut`). A suite asking for more
+    distinct items than its reserved part holds is an error."""
     heldout_combos: list[str] = field(
         default_factory=lambda: ["red triangle", "green cross", "blue square", "yellow circle"]
     )
@@ -101,12 +123,21 @@ class WorldConfig:
                 raise ValueError(f"sft_task_counts: unknown task {task!r} (tasks: {', '.join(SFT_TASK_NAMES)})")
             if n < 0:
                 raise ValueError(f"sft_task_counts.{task} must be >= 0")
+        for suite, n in self.eval_suite_counts.items():
+            if suite not in EVAL_SUITE_NAMES:
+                raise ValueError(f"eval_suite_counts: unknown suite {suite!r} (suites: {', '.join(EVAL_SUITE_NAMES)})")
+            if n < 0:
+                raise ValueError(f"eval_suite_counts.{suite} must be >= 0")
+        if not 0 < self.heldout_share < 1:
+            raise ValueError("heldout_share must be between 0 and 1")
         heldout_combo_set(self)  # raises on unknown colours or shapes
         if not 2 <= self.min_video_frames <= self.max_video_frames:
             raise ValueError("need 2 <= min_video_frames <= max_video_frames")
         for name in ("image_size", "train_voices", "heldout_voices", "frame_repeat", "icl_shots", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.icl_shots < 2:
+            raise ValueError("icl_shots must be >= 2 (the shuffled control arm permutes the shots' answers)")
         if self.story_steps < 2:
             raise ValueError("story_steps must be >= 2")
         if self.video_fps <= 0:
@@ -115,6 +146,10 @@ class WorldConfig:
     def sft_count(self, task: str) -> int:
         """Conversations to build for `task`."""
         return self.sft_task_counts.get(task, self.sft_per_task)
+
+    def eval_count(self, suite: str) -> int:
+        """Test items to build for `suite`."""
+        return self.eval_suite_counts.get(suite, self.eval_per_suite)
 
 
 def heldout_combo_set(cfg: WorldConfig) -> frozenset[tuple[str, str]]:
@@ -131,6 +166,49 @@ def heldout_combo_set(cfg: WorldConfig) -> frozenset[tuple[str, str]]:
 def split_voices(cfg: WorldConfig) -> tuple[list[Voice], list[Voice]]:
     """(training voices, held-out voices)."""
     return voice_pool(cfg.train_voices, cfg.heldout_voices, seed=cfg.voice_seed)
+
+
+def scene_key(scene: Scene | frozenset) -> tuple[tuple, ...]:
+    """A scene's object set (`Scene.key`) in a canonical order: ((shape, colour, size, row, col), ...)."""
+    return tuple(sorted(scene.key() if isinstance(scene, Scene) else scene))
+
+
+def stable_fraction(seed: int, space: str, key: object) -> float:
+    """A number in [0, 1) fixed by (seed, space, key): the same in every process and run."""
+    digest = hashlib.sha1(f"{seed}:{space}:{key!r}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Which keys belong to test items: a `share` of every space by a seeded hash, plus the
+    held-out voices. Test items use only held-out keys, training items none."""
+
+    seed: int
+    share: float
+    voices: frozenset[str] = frozenset()
+    """Ids of the held-out voices."""
+
+    def scene(self, scene: Scene) -> bool:
+        """Whether the scene's object set is reserved for test items."""
+        return stable_fraction(self.seed, "scene", scene_key(scene)) < self.share
+
+    def question(self, kind: str, key: str) -> bool:
+        """Whether a question (`mio.toyworld.text` kind and key) is reserved for test items;
+        never for the families that are a handful of facts (`text.HOLDABLE_KINDS`)."""
+        return kind in HOLDABLE_KINDS and stable_fraction(self.seed, "question", key) < self.share
+
+    def chart(self, bars: tuple) -> bool:
+        """Whether a chart (its bars) is reserved for test items."""
+        return stable_fraction(self.seed, "chart", tuple(tuple(b) for b in bars)) < self.share
+
+    def voice(self, voice_id: str) -> bool:
+        return voice_id in self.voices
+
+
+def held_out(cfg: WorldConfig) -> HeldOut:
+    """The world's held-out split of keys."""
+    return HeldOut(cfg.seed, cfg.heldout_share, frozenset(v.id for v in split_voices(cfg)[1]))
 
 
 def item_rng(seed: int, *names: object) -> random.Random:
