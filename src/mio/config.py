@@ -159,3 +159,13 @@ def field_docs(cls: type) -> dict[str, str]:
         ):
             docs[node.target.id] = nxt.value.value.strip()
     return docs
+
+
+def describe_keys(parser, cls: type) -> dict[str, str]:
+    """List a config's keys and their docstrings under an argparse parser's help; returns them."""
+    import argparse
+
+    docs = field_docs(cls)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "config keys:\n" + "\n".join(f"  {k}: {v}" for k, v in docs.items())
+    return docs

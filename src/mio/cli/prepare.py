@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from mio.config import field_docs, load
+from mio.config import describe_keys, load
 from mio.data.prepare import PrepareConfig, prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    docs = field_docs(PrepareConfig)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "config keys:\n" + "\n".join(f"  {k}: {v}" for k, v in docs.items())
+    docs = describe_keys(parser, PrepareConfig)
     parser.add_argument("config", help="TOML file holding a PrepareConfig (keys below)")
     parser.add_argument("--output-dir", help="override output_dir")
     parser.add_argument("--overwrite", action="store_true", help=docs.get("overwrite"))

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from mio.config import field_docs, load
+from mio.config import describe_keys, load
 from mio.toyworld.build import build
 from mio.toyworld.world import WorldConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    docs = field_docs(WorldConfig)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = "config keys:\n" + "\n".join(f"  {k}: {v}" for k, v in docs.items())
+    docs = describe_keys(parser, WorldConfig)
     parser.add_argument("config", help="TOML file holding a WorldConfig (e.g. configs/toyworld/default.toml)")
     parser.add_argument("--out", help="output directory (default: the config's out_dir)")
     parser.add_argument("--workers", type=int, help=docs.get("workers"))
