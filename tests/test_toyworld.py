@@ -4,6 +4,7 @@ SFT task builders, and the corpus build (manifests `mio prepare` reads, determin
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -377,3 +378,49 @@ def test_image_qa_teaches_the_icl_questions():
         for kind in tasks.ICL_KINDS:
             question = tasks.icl_question(scene, kind)
             assert asked[question] == tasks.icl_answer(scene, kind), (kind, question)
+
+
+def test_the_assistant_speaks_with_one_voice_and_pretraining_with_many(tiny_world):
+    summary = json.loads((tiny_world / build.WORLD_FILE).read_text())
+    assistant = summary["voices"]["assistant"]
+    assert assistant == split_voices(load(WorldConfig, TINY))[0][0].id
+    voice_of = {}
+    for line in (tiny_world / "media_index.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry["kind"] == "speech":
+            voice_of[entry["path"]] = entry["voice"]
+
+    def reply_voices(path: Path) -> set[str]:
+        voices = set()
+        for record in read_manifest(path):
+            role, content = record.messages[-1]
+            assert role == "assistant"
+            voices |= {voice_of[os.path.relpath(p, tiny_world)] for part in content if not isinstance(part, str)
+                       for p in part.paths}
+        return voices
+
+    for name in ("tts", "speech_generation", "speech_to_speech"):
+        assert reply_voices(tiny_world / "sft" / f"{name}.jsonl") == {assistant}, name
+        assert reply_voices(tiny_world / "eval" / f"{name}.jsonl") == {assistant}, name
+    # What users say, and the pre-training speech, keep the other voices.
+    pretrain = {voice_of[os.path.relpath(p, tiny_world)] for record in
+                read_manifest(tiny_world / "pretrain" / "speech_text_pair.jsonl") for ref in record.media() for p in ref.paths}
+    asr = {voice_of[os.path.relpath(p, tiny_world)] for record in read_manifest(tiny_world / "eval" / "asr.jsonl")
+           for ref in record.media() for p in ref.paths}
+    assert assistant not in asr and (len(pretrain) > 1 or pretrain != {assistant})
+    with pytest.raises(ConfigError, match="assistant_voice"):
+        load(WorldConfig, TINY, {"assistant_voice": 99})
+
+
+def test_language_sft_names_the_answer_of_some_mcqs_to_teach_the_letter_binding():
+    ctx, _ = _context(False)
+    named = 0
+    for i in range(200):
+        item = tasks.language_only(ctx, item_rng(3, i))
+        question = item.messages[0].content if hasattr(item.messages[0], "content") else None
+        layout = item.truth.get("layout", "")
+        if layout.startswith("Which option is "):
+            named += 1
+            option = layout.split("Which option is ", 1)[1].split("?", 1)[0]
+            assert f"{item.truth['answer']}. {option}\n" in layout + "\n", (layout, question)
+    assert 10 < named < 60

@@ -14,7 +14,7 @@ schema, and `<suite>.truth.jsonl`), asks the model in batches through `mio.api.M
 | image_qa, chart, video_understanding, speech_understanding, mcot | VQA accuracy |
 | image_generation, image_editing | judge exact rate, object F1 of the judged picture, SSIM to the true render |
 | asr | WER (Whisper normalisation) |
-| tts, speech_generation, speech_to_speech | Whisper judge WER on generated audio beside its WER on the reference audio |
+| tts, speech_generation, speech_to_speech | Whisper judge WER on generated audio beside its WER on the reference audio and on the speech tokenizer's reconstruction of it (the codec's ceiling); spoken answers heard |
 | video_generation | video judge (change accuracy, frames) |
 | storytelling | judge exact rate per picture, consistency between pictures |
 | covt | accuracy drawing the changed picture first vs answering directly (both formats taught in SFT) |
@@ -360,9 +360,27 @@ def _transcribe_files(paths: list[Path]) -> list[str]:
     return [speech_judge.transcribe([wave], rate)[0] for wave, rate in map(load_audio, paths)]
 
 
+def _transcribe_reconstructions(tokenizer, paths: list[Path]) -> list[str] | None:
+    """What the judge hears in the speech tokenizer's decode of each reference's codes: the
+    best a model can do that writes those codes exactly (None without a tokenizer)."""
+    if tokenizer is None:
+        return None
+    heard = []
+    for wave, rate in map(load_audio, paths):
+        decoded, decoded_rate = tokenizer.decode(tokenizer.encode(wave, rate))
+        heard.append(speech_judge.transcribe([decoded], decoded_rate)[0])
+    return heard
+
+
+def _answers(items: list[EvalItem], heard: list[str]) -> list[float]:
+    return [metrics.vqa_accuracy(metrics.extract_answer(h, ANSWER_MARKER), [i.truth["answer"]])
+            for i, h in zip(items, heard)]
+
+
 def _judge_speech(r: Runner, suite: str, items: list[EvalItem], replies, world: Path) -> dict:
-    """Whisper's WER on generated speech beside its WER on the reference audio; what it heard
-    is kept with each reply (`heard`)."""
+    """Whisper's WER on generated speech beside its WER on the reference audio and on the
+    speech tokenizer's reconstruction of it (`judge_wer_tokenizer`: the ceiling set by the
+    codec); what it heard is kept with each reply (`heard`)."""
     texts = [i.truth["text"] for i in items]
     heard = []
     for reply in replies:
@@ -371,15 +389,20 @@ def _judge_speech(r: Runner, suite: str, items: list[EvalItem], replies, world: 
     kept = {record["id"]: record for record in r.replies[suite]}
     for item, transcript in zip(items, heard):
         kept[item.id]["heard"] = transcript
-    reference = _transcribe_files([world / "eval" / i.truth["reference"] for i in items])
+    paths = [world / "eval" / i.truth["reference"] for i in items]
+    reference = _transcribe_files(paths)
+    reconstructed = _transcribe_reconstructions(getattr(r.model, "speech_tokenizer", None), paths)
     wer, interval = _wer_scores(texts, heard)
     result = {"wer": wer, "judge_wer_reference": metrics.wer(texts, reference),
               "has_speech": metrics.mean([speech_of(x) is not None for x in replies]), "ci95": {"wer": interval}}
+    if reconstructed is not None:
+        result["judge_wer_tokenizer"] = metrics.wer(texts, reconstructed)
     if "answer" in items[0].truth:
-        answers = [metrics.vqa_accuracy(metrics.extract_answer(h, ANSWER_MARKER), [i.truth["answer"]])
-                   for i, h in zip(items, heard)]
+        answers = _answers(items, heard)
         result["answer_accuracy"] = metrics.mean(answers)
         result["ci95"]["answer_accuracy"] = _interval(answers)
+        if reconstructed is not None:
+            result["answer_accuracy_tokenizer"] = metrics.mean(_answers(items, reconstructed))
     return result
 
 

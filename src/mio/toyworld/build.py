@@ -54,7 +54,15 @@ from mio.toyworld.speech_synth import DEFAULT_SAMPLE_RATE, Voice, synthesize
 from mio.toyworld.tasks import Context, I, S, T, V
 from mio.toyworld.text import SPACE_SIZES
 from mio.toyworld.videos import Clip, describe_clip, narrate, scene_change, write_clip
-from mio.toyworld.world import HeldOut, WorldConfig, heldout_combo_set, item_rng, scene_key, split_voices
+from mio.toyworld.world import (
+    HeldOut,
+    WorldConfig,
+    assistant_voice,
+    heldout_combo_set,
+    item_rng,
+    scene_key,
+    split_voices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +269,9 @@ def _init_worker(cfg_dict: dict, root: str) -> None:
     store = MediaStore(Path(root), cfg)
     combos = heldout_combo_set(cfg)
     train, heldout = split_voices(cfg)
-    _WORKER["train"] = Context(cfg, store, combos, train, test=False)
-    _WORKER["test"] = Context(cfg, store, combos, heldout, test=True)
+    assistant = assistant_voice(cfg)
+    _WORKER["train"] = Context(cfg, store, combos, train, test=False, assistant=assistant)
+    _WORKER["test"] = Context(cfg, store, combos, heldout, test=True, assistant=assistant)
 
 
 def _item_rng(seed: int, section: str, name: str, index: int, draw: int):
@@ -331,7 +340,8 @@ def _plan_eval(cfg: WorldConfig, root: Path) -> dict[str, list[int]]:
     suite): the suites are drawn here without media, in order. Raises ValueError naming the
     suite and the space when a suite asks for more distinct items than its reserved space holds."""
     combos = heldout_combo_set(cfg)
-    ctx = Context(cfg, MediaStore(root, cfg, dry=True), combos, split_voices(cfg)[1], test=True)
+    ctx = Context(cfg, MediaStore(root, cfg, dry=True), combos, split_voices(cfg)[1], test=True,
+                  assistant=assistant_voice(cfg))
     plan = {}
     for suite in tasks.EVAL_SUITES:
         seen, draws = set(), []
@@ -445,7 +455,8 @@ def build(cfg: WorldConfig, out: str | Path | None = None, overwrite: bool = Fal
     summary = {
         "config": cfg_dict,
         "heldout_combos": sorted(cfg.heldout_combos),
-        "voices": {"train": [v.id for v in train_voices], "heldout": [v.id for v in heldout_voices]},
+        "voices": {"train": [v.id for v in train_voices], "heldout": [v.id for v in heldout_voices],
+                   "assistant": getattr(assistant_voice(cfg), "id", None)},
         "heldout": {"share": cfg.heldout_share, "splits": splits, "check": checked},
         "counts": counts,
         "media": {kind: len(list((root / MEDIA_DIR / kind).iterdir())) for kind in sorted(os.listdir(root / MEDIA_DIR))},

@@ -16,6 +16,10 @@ each item's keys per space:
     utterance   (normalised spoken text, voice)
     voice       voices
 
+except the utterance and voice of what the assistant says: it speaks with one voice
+(`WorldConfig.assistant_voice`) in training and test alike, and `The answer is 3.` in that
+voice is no more a test item than the letter `B` is.
+
 Training keys are those of the pre-training documents and the SFT conversations; test keys
 those of the evaluation suites and their control arms. Any key in both is an error.
 Normalised text: lowercase, whitespace collapsed (`text.normalize`).
@@ -37,6 +41,8 @@ SPACES = ("prompt", "question", "scene", "clip", "chart", "utterance", "voice")
 TRAIN_SECTIONS = ("pretrain", "sft")
 TEST_SECTION = "eval"
 MEDIA_KINDS = ("image", "video", "speech")
+ASSISTANT_EXEMPT = ("utterance", "voice")
+"""Spaces not checked for the assistant's own spoken replies (see the module docstring)."""
 EXAMPLES = 3
 """Overlapping keys quoted per space when the check fails."""
 
@@ -99,7 +105,8 @@ def line_keys(line: dict, media: dict[str, dict], base: str) -> Keys:
             if entry is None:
                 raise ValueError(f"{line.get('id')}: {path} is not in the media index")
             for space, found in content_keys(entry).items():
-                keys[space] |= found
+                if role != "assistant" or space not in ASSISTANT_EXEMPT:
+                    keys[space] |= found
     if "messages" in line and prompt and not prompt_has_media:
         keys["prompt"].add(normalize(" ".join(prompt)))
     return keys

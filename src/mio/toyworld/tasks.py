@@ -25,6 +25,7 @@ Prompts come from `mio.prompts`, so training and evaluation ask the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -127,12 +128,19 @@ class Context:
     slot: int | None = None
     """Index of the test item being built: test questions cycle through the question
     families by it (`question_kind`), so every family gets its share of a suite."""
+    assistant: Voice | None = None
+    """The voice the assistant's spoken replies use (`world.assistant_voice`); None: a random
+    voice of this split per reply."""
 
     def __post_init__(self) -> None:
         if self.heldout is None:
             self.heldout = held_out(self.cfg)
 
     # -- the split --
+
+    def reply_voice(self, rng: random.Random) -> Voice:
+        """The voice of one spoken reply of the assistant."""
+        return self.assistant if self.assistant is not None else rng.choice(self.voices)
 
     def allows_scene(self, scene: Scene) -> bool:
         """Whether this side of the split may show `scene` (test: reserved, training: not)."""
@@ -447,17 +455,28 @@ def chart(ctx: Context, rng: random.Random) -> Item:
                 truth={"answer": answer, "question": question, "bars": [list(b) for b in c.bars]})
 
 
-def mcq(ctx: Context, rng: random.Random) -> Item:
+def mcq(ctx: Context, rng: random.Random, named: bool = False) -> Item:
+    """A multiple-choice question answered with its letter. `named`: the question names the
+    right option's content ("Which option is 7?"), which teaches the binding of an option's
+    content to its letter apart from solving the question."""
     item = language.mcq(rng, ctx.question_kind(rng), ctx.allows_question)
+    if named:
+        item = dataclasses.replace(item, question=f"Which option is {item.options[item.answer]}?")
     layout = language.format_mcq(item)
     question = layout.removesuffix("\nAnswer:")
     return Item("mcq", [user(instruction("mcq", question=question)), assistant(item.letter)],
                 truth={"answer": item.letter, "layout": layout})
 
 
+# Shares of the language SFT task: MCQs, MCQs that name their answer, and plain QA the rest.
+LANGUAGE_MCQ_SHARE = 0.35
+LANGUAGE_NAMED_MCQ_SHARE = 0.15
+
+
 def language_only(ctx: Context, rng: random.Random) -> Item:
-    if rng.random() < 0.5:
-        item = mcq(ctx, rng)
+    draw = rng.random()
+    if draw < LANGUAGE_MCQ_SHARE + LANGUAGE_NAMED_MCQ_SHARE:
+        item = mcq(ctx, rng, named=draw >= LANGUAGE_MCQ_SHARE)
         item.task = "language"
         return item
     question, answer = ctx.question(rng)
@@ -502,7 +521,7 @@ def asr(ctx: Context, rng: random.Random) -> Item:
 
 def tts(ctx: Context, rng: random.Random) -> Item:
     text, about = utterance_text(ctx, rng)
-    audio = ctx.store.speech(text, rng.choice(ctx.voices), about)
+    audio = ctx.store.speech(text, ctx.reply_voice(rng), about)
     return Item("tts", [user(instruction("tts", text=text)), assistant(S(audio))], mode="voice",
                 truth={"text": text, "reference": audio})
 
@@ -517,7 +536,7 @@ def speech_understanding(ctx: Context, rng: random.Random) -> Item:
 def speech_generation(ctx: Context, rng: random.Random) -> Item:
     question, answer = ctx.question(rng)
     spoken = f"{ANSWER_MARKER} {answer}."
-    audio = ctx.store.speech(spoken, rng.choice(ctx.voices))
+    audio = ctx.store.speech(spoken, ctx.reply_voice(rng))
     return Item("speech_generation", [user(question), assistant(S(audio))], mode="voice",
                 truth={"answer": answer, "text": spoken, "question": question, "reference": audio})
 
@@ -526,7 +545,7 @@ def speech_to_speech(ctx: Context, rng: random.Random) -> Item:
     question, answer = ctx.question(rng)
     spoken = f"{ANSWER_MARKER} {answer}."
     asked = ctx.store.speech(question, rng.choice(ctx.voices))
-    reply = ctx.store.speech(spoken, rng.choice(ctx.voices))
+    reply = ctx.store.speech(spoken, ctx.reply_voice(rng))
     return Item("speech_to_speech", [user(S(asked)), assistant(S(reply))], mode="voice",
                 truth={"answer": answer, "text": spoken, "question": question, "reference": reply})
 

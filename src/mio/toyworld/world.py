@@ -97,6 +97,12 @@ class WorldConfig:
     """eSpeak voices kept for test speech only."""
     voice_seed: int = 0
     """Seed of the voice pool and its split (keep equal to the speech tokenizer's seed)."""
+    assistant_voice: int = 0
+    """Index (among the training voices) of the one voice the assistant speaks with in its
+    spoken replies (voice-mode SFT and the test references of TTS, speech generation and
+    speech-to-speech), as deployed voice assistants have one voice: from many voices a spoken
+    reply's codes are mostly unpredictable from its text. -1: a random voice per reply.
+    Pre-training speech pairs keep every training voice."""
     min_video_frames: int = 4
     """Fewest states in a video clip."""
     max_video_frames: int = 8
@@ -136,6 +142,8 @@ class WorldConfig:
         for name in ("image_size", "train_voices", "heldout_voices", "frame_repeat", "icl_shots", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not -1 <= self.assistant_voice < self.train_voices:
+            raise ValueError(f"assistant_voice must be -1 or an index below train_voices ({self.train_voices})")
         if self.icl_shots < 2:
             raise ValueError("icl_shots must be >= 2 (the shuffled control arm permutes the shots' answers)")
         if self.story_steps < 2:
@@ -166,6 +174,11 @@ def heldout_combo_set(cfg: WorldConfig) -> frozenset[tuple[str, str]]:
 def split_voices(cfg: WorldConfig) -> tuple[list[Voice], list[Voice]]:
     """(training voices, held-out voices)."""
     return voice_pool(cfg.train_voices, cfg.heldout_voices, seed=cfg.voice_seed)
+
+
+def assistant_voice(cfg: WorldConfig) -> Voice | None:
+    """The voice of the assistant's spoken replies (None: a random voice per reply)."""
+    return None if cfg.assistant_voice < 0 else split_voices(cfg)[0][cfg.assistant_voice]
 
 
 def scene_key(scene: Scene | frozenset) -> tuple[tuple, ...]:
