@@ -1,6 +1,7 @@
 import json
 import random
 
+import pytest
 import torch
 
 from mio.cli.main import main
@@ -18,7 +19,8 @@ def test_bench_train_tiny_writes_the_design_keys(tmp_path):
         torch.set_num_threads(threads)
     out = json.loads(path.read_text())
     keys = {
-        "packed_tokens_per_s", "padded_tokens_per_s", "ratio", "packed_pad_fraction", "padded_pad_fraction", "model", "device"
+        "packed_tokens_per_s", "padded_tokens_per_s", "ratio", "packed_pad_fraction", "padded_pad_fraction", "model", "device",
+        "document_attention_s_per_step", "explicit_mask_s_per_step", "causal_attention_s_per_step", "document_vs_causal",
     }
     assert keys <= out.keys()
     for key in keys - {"model", "device"}:
@@ -27,6 +29,9 @@ def test_bench_train_tiny_writes_the_design_keys(tmp_path):
     assert isinstance(out["model"], str) and out["model"]
     assert out["device"] in ("cpu", "cuda")
     assert 0.0 <= out["packed_pad_fraction"] < out["padded_pad_fraction"] <= 1.0
+    # the packed method is the document-attention one; the ratio is of the two step times
+    assert out["document_attention_s_per_step"] > 0 and out["explicit_mask_s_per_step"] > 0
+    assert out["document_vs_causal"] == pytest.approx(out["document_attention_s_per_step"] / out["causal_attention_s_per_step"])
 
 
 def test_synthetic_corpus_is_deterministic_and_within_the_vocab():

@@ -5,6 +5,21 @@ in the vocabulary. This file builds the model from a config or a local pretraine
 directory, extends the embedding and LM head with the media rows, and computes per-token
 losses on packed batches with document-causal attention.
 
+Document-causal attention on a packed row runs one of three ways, by `attn_implementation`:
+
+- `mio_document` (the default): MIO's attention function, registered with transformers. It
+  gathers each document's queries, keys and values into a batch of documents, groups them by
+  length, and runs SDPA's causal kernel (no explicit mask) on each group, so attention costs
+  what the documents cost, not the square of the row. Without a document layout (generation,
+  or any plain transformers call) it is exactly transformers' `sdpa`.
+- `sdpa` / `eager`: transformers' own, given an explicit [B, 1, L, L] mask (`document_mask`);
+  on CPU the masked SDPA costs about 2x causal attention over the whole row. Kept as the
+  reference the fast path is tested and benchmarked against.
+- `flash_attention_2`: transformers' varlen kernels, from the restarting position ids (GPU).
+
+The implementation is a runtime choice only: transformers does not write it into a saved
+`config.json`, so a checkpoint trained with `mio_document` loads with plain transformers.
+
 New rows are initialised by transformers' mean resizing: drawn from a normal distribution
 with the mean and covariance of the existing embeddings (Hewitt, 2021), which keeps the
 initial distribution over old tokens unchanged in expectation.
@@ -19,7 +34,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, AttentionMaskInterface, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 from mio.data.packing import IGNORE, PackedBatch
 
@@ -48,9 +65,11 @@ class ModelConfig:
     """Share the input embedding with the LM head."""
     init_from: str = ""
     """Local directory of a pretrained HF causal LM (e.g. Yi-6B) to start from; empty = random init."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    """`sdpa` and `eager` get an explicit 4-D document mask; `flash_attention_2` runs
-    varlen kernels from the restarting position ids (GPU only)."""
+    attn_implementation: Literal["mio_document", "sdpa", "eager", "flash_attention_2"] = "mio_document"
+    """`mio_document` runs SDPA's causal kernel inside each document of a packed row (as fast
+    as causal attention over the row, or faster; CPU or GPU); `sdpa` and `eager` get an
+    explicit 4-D document mask (the slower reference); `flash_attention_2` runs varlen kernels
+    from the restarting position ids (GPU only). See the module docstring."""
     init_std: float = 0.02
     """Std of the random initialisation."""
     seed: int = 0
@@ -111,14 +130,130 @@ def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal).unsqueeze(1)
 
 
+DOCUMENT_ATTENTION = "mio_document"
+"""The name `document_attention` is registered under with transformers."""
+BUCKET_RATIO = 1.25
+"""A length bucket holds documents down to 1/BUCKET_RATIO of its longest, so padding wastes
+at most ~1.6x a document's attention; a larger ratio means fewer SDPA calls but more waste
+(1.0 to 2.0 compared: docs/LOG.md, 2026-12-03)."""
+BUCKET_MIN_WIDTH = 64
+"""Documents of at most this many tokens share one bucket: their attention is too cheap for
+the padding to matter, and one call beats many small ones."""
+
+
+@dataclass
+class DocumentLayout:
+    """Where the documents of a packed batch lie, grouped into buckets of similar length.
+
+    Every token belongs to exactly one segment: a run of equal document ids within a row. A run
+    of padding (id -1) is a segment too, so padding attends only to padding and stays finite.
+    Bucket `i` gathers its `n` segments into an [n, width] grid of (row, position) pairs; a
+    segment shorter than the width is filled with its own first token, which only the fill's
+    queries can see (attention is causal), and their outputs are never read."""
+
+    rows: list[torch.Tensor]
+    """Per bucket, [n, width] row of each grid cell."""
+    positions: list[torch.Tensor]
+    """Per bucket, [n, width] position in the row of each grid cell."""
+    slots: torch.Tensor
+    """[B * L]: the index of each token's output among all buckets' grid cells, flattened
+    and concatenated in bucket order."""
+
+    @classmethod
+    def from_document_ids(cls, document_ids: torch.Tensor) -> DocumentLayout:
+        """The layout of a [B, L] batch of document ids (-1 = padding)."""
+        ids = document_ids.cpu()  # built on the host: a few small tensors, moved once
+        length = ids.shape[1]
+        flat = ids.flatten()
+        first = torch.ones_like(flat, dtype=torch.bool)
+        first[1:] = flat[1:] != flat[:-1]
+        first[::length] = True  # rows are independent even where the ids of neighbours match
+        starts = first.nonzero().squeeze(1)
+        lengths = torch.diff(starts, append=torch.tensor([flat.numel()]))
+        buckets: list[list[int]] = []
+        sizes = lengths.tolist()
+        for segment in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+            if buckets and sizes[buckets[-1][0]] <= max(BUCKET_RATIO * sizes[segment], BUCKET_MIN_WIDTH):
+                buckets[-1].append(segment)
+            else:
+                buckets.append([segment])
+        rows, positions = [], []
+        slots = torch.empty(flat.numel(), dtype=torch.long)
+        base = 0
+        for members in buckets:
+            width = sizes[members[0]]
+            start, size = starts[members], lengths[members]
+            offset = torch.arange(width)
+            real = offset < size[:, None]
+            cells = torch.where(real, start[:, None] + offset, start[:, None])  # flat token index of each cell
+            rows.append(cells // length)
+            positions.append(cells % length)
+            member, column = real.nonzero(as_tuple=True)
+            slots[cells[member, column]] = base + member * width + column
+            base += cells.numel()
+        device = document_ids.device
+        return cls([r.to(device) for r in rows], [p.to(device) for p in positions], slots.to(device))
+
+
+def document_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    document_layout: DocumentLayout | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention inside each document of a packed batch: transformers' attention-function
+    signature (query [B, H, L, D], key/value [B, H_kv, L, D] -> output [B, L, H, D], None).
+
+    With `document_layout` (passed down from `forward_logits`) each length bucket runs SDPA's
+    causal kernel on [documents, heads, width, dim] and `attention_mask` is unused; without it
+    this is transformers' `sdpa`, so generation (KV cache, padding masks) is unchanged."""
+    if document_layout is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # [B, L, heads, D]: cells index (row, position)
+    outputs = []
+    for rows, positions in zip(document_layout.rows, document_layout.positions):
+        out, _ = sdpa_attention_forward(
+            module, *(x[rows, positions].transpose(1, 2) for x in (q, k, v)), None,
+            dropout=dropout, scaling=scaling, is_causal=True,
+        )
+        outputs.append(out.flatten(0, 1))  # [n * width, heads, D]
+    out = torch.cat(outputs)[document_layout.slots]
+    return out.unflatten(0, q.shape[:2]), None
+
+
+# Registered once, at import: the mask function is SDPA's, so a call without a document layout
+# (generation) gets exactly the masks `sdpa` would.
+AttentionInterface.register(DOCUMENT_ATTENTION, document_attention)
+AttentionMaskInterface.register(DOCUMENT_ATTENTION, sdpa_mask)
+
+
 def forward_logits(model, batch: PackedBatch, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of a packed batch with document-causal attention: [B, L, V], or [B, K, V] at
     the K sequence positions `keep` (the LM head runs only there)."""
     extra = {} if keep is None else {"logits_to_keep": keep}
-    if model.config._attn_implementation == "flash_attention_2":
+    implementation = model.config._attn_implementation
+    if implementation == "flash_attention_2":
         # transformers detects packed documents from restarting position ids and runs varlen kernels.
         return model(input_ids=batch.input_ids, position_ids=batch.position_ids, **extra).logits
+    if implementation == DOCUMENT_ATTENTION:
+        # A training forward needs no KV cache. The layout keeps documents apart, so the mask
+        # says only "no padding": with neither a cache nor a mask, transformers would build a
+        # [B, 1, L, L] mask from the restarting positions (~30 ms at 2 x 2048 tokens) that this
+        # path never reads.
+        no_padding = torch.ones_like(batch.input_ids, dtype=torch.bool)
+        layout = DocumentLayout.from_document_ids(batch.document_ids)
+        return model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=no_padding,
+                     use_cache=False, document_layout=layout, **extra).logits
     mask = document_mask(batch.document_ids)
+    if implementation == "eager":
+        # eager attention adds the mask to the scores: a boolean one would add 0 or 1 and block nothing.
+        mask = torch.zeros(mask.shape, dtype=model.dtype, device=mask.device).masked_fill(~mask, torch.finfo(model.dtype).min)
     return model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask, **extra).logits
 
 

@@ -1,4 +1,5 @@
-"""`mio bench train`: training throughput, masked packing against pad-to-longest batching."""
+"""`mio bench train`: training throughput, masked packing against pad-to-longest batching, and
+document attention against the explicit mask and plain causal attention."""
 
 from __future__ import annotations
 

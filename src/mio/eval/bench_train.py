@@ -1,4 +1,5 @@
-"""`mio bench train`: training throughput of masked packing vs pad-to-longest batching.
+"""`mio bench train`: training throughput of masked packing vs pad-to-longest batching, and
+the cost of document-causal attention against plain causal attention.
 
 Both methods train the same model config (fresh, identically seeded weights, fp32, AdamW)
 on the same synthetic mixed-length corpus, with the same number of optimizer steps, the
@@ -23,6 +24,18 @@ load hits both alike), and a few warmup steps of each are run first and not time
 are torch's default (set OMP_NUM_THREADS to change them; on a CPU shared with other jobs,
 fewer threads than cores avoids OpenMP oversubscription, which can slow small models ~10x).
 
+Attention on the packed rows is timed three ways, each a full training step on the same
+rows (these take turns with the two methods above):
+
+- document: `mio_document` attention, SDPA's causal kernel inside each document (the
+  default, and what the packed method runs);
+- explicit mask: transformers' SDPA with the explicit [B, 1, L, L] document mask (the
+  implementation before `mio_document`, kept as the reference);
+- causal: the rows as if each were one document, so attention runs causally over the whole
+  row, blind to document boundaries. Wrong for training, but it is what attention over the row
+  costs without masking: the speed target. (It goes through `mio_document` with one document
+  per row: a plain `is_causal` SDPA call plus the gather of the rows, a copy.)
+
 The corpus (documents of random ids within the vocab; only lengths matter here) follows the
 paper's Stage II batch ratio image-text pair : language : video : speech = 2 : 2 : 6 : 6,
 with speech split evenly between ASR and TTS. Lengths, from MIO's layouts:
@@ -38,6 +51,7 @@ with speech split evenly between ASR and TTS. Lengths, from MIO's layouts:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -74,8 +88,8 @@ class Preset:
 
 
 PRESETS = {
-    # 11.6M parameters (a 4096-token text BPE plus MIO's 12292 media rows); 1-2 minutes
-    # on a shared 2-core CPU.
+    # 11.6M parameters (a 4096-token text BPE plus MIO's 12292 media rows); about 3 minutes
+    # (four methods) on a shared 2-core CPU.
     "small": Preset(
         ModelConfig(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=688),
         vocab_size=4096 + 12292,
@@ -83,6 +97,18 @@ PRESETS = {
         batch_size=4,
         steps=6,
         warmup_steps=1,
+    ),
+    # The demo's language model (configs/toy/stage1.toml with configs/demo/default.toml's
+    # overrides): 2048 text tokens + 4 specials + 1024 image codes + 4 x 256 speech codes.
+    # About a minute on a shared 2-core CPU.
+    "demo": Preset(
+        ModelConfig(hidden_size=96, num_layers=4, num_heads=2, num_kv_heads=2, intermediate_size=256,
+                    max_position_embeddings=2048),
+        vocab_size=2048 + 4 + 1024 + 4 * 256,
+        context_length=768,
+        batch_size=2,
+        steps=20,
+        warmup_steps=2,
     ),
     # Seconds on a CPU: for tests and smoke runs.
     "tiny": Preset(
@@ -128,10 +154,15 @@ class Measurement:
     useful_tokens: int = 0
     pad_tokens: int = 0
     seconds: float = 0.0
+    steps: int = 0
 
     @property
     def tokens_per_s(self) -> float:
         return self.useful_tokens / self.seconds
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / self.steps
 
     @property
     def pad_fraction(self) -> float:
@@ -158,27 +189,41 @@ def train_step(model, optimizer: torch.optim.Optimizer, batch: PackedBatch, devi
     return time.perf_counter() - start
 
 
-def measure(
-    preset: Preset, methods: dict[str, list[PackedBatch]], warmup_steps: int, device: torch.device
-) -> dict[str, Measurement]:
+@dataclass
+class Method:
+    """One timed method: the batches it trains on and the attention its model runs."""
+
+    batches: list[PackedBatch]
+    attn_implementation: str
+
+
+def whole_rows(batch: PackedBatch) -> PackedBatch:
+    """`batch` with each row made one document: attention runs causally over the whole row."""
+    return dataclasses.replace(batch, document_ids=torch.zeros_like(batch.document_ids))
+
+
+def measure(preset: Preset, methods: dict[str, Method], warmup_steps: int, device: torch.device) -> dict[str, Measurement]:
     """Train one fresh, identically initialised model per method on its batches.
 
     The methods take turns step by step, so load from other jobs on a shared machine falls
-    on both alike; the first `warmup_steps` steps of each are run but not timed."""
+    on all alike; the first `warmup_steps` steps of each are run but not timed."""
     trainers = {}
-    for name in methods:
-        model = build_model(preset.model, preset.vocab_size).to(device).train()
+    for name, method in methods.items():
+        cfg = dataclasses.replace(preset.model, attn_implementation=method.attn_implementation)
+        model = build_model(cfg, preset.vocab_size).to(device).train()
         trainers[name] = (model, torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1))
     results = {name: Measurement() for name in methods}
-    steps = min(len(batches) for batches in methods.values())
+    steps = min(len(method.batches) for method in methods.values())
     for step in range(steps):
-        for name, batches in methods.items():
-            seconds = train_step(*trainers[name], batches[step], device)
+        for name, method in methods.items():
+            batch = method.batches[step]
+            seconds = train_step(*trainers[name], batch, device)
             if step >= warmup_steps:
                 m = results[name]
-                m.useful_tokens += batches[step].num_tokens - batches[step].num_pad
-                m.pad_tokens += batches[step].num_pad
+                m.useful_tokens += batch.num_tokens - batch.num_pad
+                m.pad_tokens += batch.num_pad
                 m.seconds += seconds
+                m.steps += 1
     return results
 
 
@@ -193,8 +238,9 @@ def describe_model(preset: Preset, context_length: int) -> str:
 
 def benchmark(preset_name: str = "small", steps: int | None = None, context_length: int | None = None,
               batch_size: int | None = None, device: str | None = None, seed: int = 0) -> dict:
-    """Time masked packing against pad-to-longest on the same synthetic corpus; returns the
-    `mio bench train --json` record (unset sizes come from the preset)."""
+    """Time masked packing against pad-to-longest on the same synthetic corpus, and document
+    attention against the explicit mask and plain causal attention on the packed rows; returns
+    the `mio bench train --json` record (unset sizes come from the preset)."""
     preset = PRESETS[preset_name]
     steps = steps or preset.steps
     length = context_length or preset.context_length
@@ -220,14 +266,26 @@ def benchmark(preset_name: str = "small", steps: int | None = None, context_leng
         "%s on %s (%d CPU threads): %d timed steps (+%d warmup) per method, %d rows per batch",
         model, device, torch.get_num_threads(), steps, preset.warmup_steps, batch_size,
     )
-    results = measure(preset, {"packed": packed, "padded": padded}, preset.warmup_steps, device)
+    attention = preset.model.attn_implementation
+    methods = {
+        "packed": Method(packed, attention),
+        "padded": Method(padded, attention),
+        "explicit_mask": Method(packed, "sdpa"),
+        "causal": Method([whole_rows(b) for b in packed], attention),
+    }
+    results = measure(preset, methods, preset.warmup_steps, device)
     p, q = results["packed"], results["padded"]
     ratio = p.tokens_per_s / q.tokens_per_s
+    explicit, causal = results["explicit_mask"], results["causal"]
+    document_vs_causal = p.seconds_per_step / causal.seconds_per_step
 
-    log.info("%-7s %14s %13s %14s %9s", "method", "useful tok/s", "pad fraction", "useful tokens", "seconds")
+    log.info("%-13s %14s %13s %14s %9s %10s", "method", "useful tok/s", "pad fraction", "useful tokens", "seconds", "s/step")
     for name, m in results.items():
-        log.info("%-7s %14.1f %13.3f %14d %9.1f", name, m.tokens_per_s, m.pad_fraction, m.useful_tokens, m.seconds)
+        log.info("%-13s %14.1f %13.3f %14d %9.1f %10.3f", name, m.tokens_per_s, m.pad_fraction, m.useful_tokens, m.seconds,
+                 m.seconds_per_step)
     log.info("ratio packed/padded: %.2fx; the baseline truncated %.1f%% of its documents' tokens", ratio, 100 * truncated)
+    log.info("packed rows, step time against plain causal attention: document attention %.2fx, explicit mask %.2fx",
+             document_vs_causal, explicit.seconds_per_step / causal.seconds_per_step)
 
     return {
         "packed_tokens_per_s": p.tokens_per_s,
@@ -235,6 +293,11 @@ def benchmark(preset_name: str = "small", steps: int | None = None, context_leng
         "ratio": ratio,
         "packed_pad_fraction": p.pad_fraction,
         "padded_pad_fraction": q.pad_fraction,
+        "document_attention_s_per_step": p.seconds_per_step,
+        "explicit_mask_s_per_step": explicit.seconds_per_step,
+        "causal_attention_s_per_step": causal.seconds_per_step,
+        "document_vs_causal": document_vs_causal,
+        "explicit_mask_vs_causal": explicit.seconds_per_step / causal.seconds_per_step,
         "model": model,
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
