@@ -14,7 +14,7 @@ from mio.train.loop import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["world", "media_tokenizers", "text_tokenizer", "prepare",
-         "stage1", "stage2", "stage3", "sft", "eval_base", "eval_instruct", "report"]
+         "stage1", "stage2", "stage3", "sft", "eval_base", "eval_instruct", "diagnosis", "report"]
 
 
 def test_smoke_demo_runs_end_to_end_and_resumes_after_a_failure(tmp_path, monkeypatch):
@@ -73,9 +73,21 @@ def test_smoke_demo_runs_end_to_end_and_resumes_after_a_failure(tmp_path, monkey
     assert not any(key.startswith("config.") for key in speech)
     assert "judge_exact" in metrics["tokenizers"]["image"]
 
+    # The diagnosis scored both checkpoints' media codes and the tokenizers' consistency.
+    diagnosis = json.loads((out / "diagnosis.json").read_text())
+    assert set(diagnosis["checkpoints"]) == {"base", "instruct"} == set(state["steps"]["diagnosis"]) - {"seconds"}
+    layout = runs["sft"]["config"]["layout"]
+    for losses in diagnosis["checkpoints"].values():
+        assert len(losses["image_code_loss"]["heldout"]) == layout["tokens_per_image"]
+        assert len(losses["speech_code_loss"]["train"]) == layout["speech_layers"]
+    assert {"image", "speech"} <= set(diagnosis["consistency"])
+    assert metrics["diagnosis"]["checkpoints"] == diagnosis["checkpoints"]
+
     page = (out / "report.html").read_text()
-    for heading in ("Quality targets", "Evaluation", "Training loss", "Gallery: instruct"):
+    for heading in ("Quality targets", "Evaluation", "Training loss", "Diagnosis: why generation is hard",
+                    "Gallery: instruct"):
         assert heading in page
+    assert "judge reads:" in page  # beside the generated pictures
     assert "heldout.layer1_ctc_cer" in page and "codebook_usage.layer1" not in page
     assert "<svg" in page and "<polyline" in page
     assert "Whisper heard:" in page  # beside the audio players of spoken replies

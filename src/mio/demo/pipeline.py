@@ -16,6 +16,8 @@ Steps, in order (each one's output lives under `--out`, default `runs/demo`):
     sft              instruction tuning, assistant-only loss      runs/sft/
     eval_base        every suite on the Stage III checkpoint      eval/base/
     eval_instruct    every suite on the SFT checkpoint            eval/instruct/
+    diagnosis        why generation is hard: code losses of both  diagnosis.json
+                     checkpoints, tokenizer consistency
     report           report.html and metrics.json                 report.html, metrics.json
 
 The exact config of each step that has one is written to `configs/` (`text_tokenizer.toml`,
@@ -91,6 +93,8 @@ class DemoConfig:
     """Greedy decoding for every modality instead of the paper's Table 11 settings."""
     eval_samples: int = 4
     """Replies per suite whose media are saved and shown in the report."""
+    diagnosis_items: int = 64
+    """Training items and test items (each) whose media codes the diagnosis step scores."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
     parallel_tokenizers: bool = True
@@ -107,6 +111,8 @@ class DemoConfig:
             raise ValueError("stages: name at least one stage config")
         if self.eval_limit < 1 or self.eval_batch_size < 1 or any(n < 1 for n in self.eval_suite_limits.values()):
             raise ValueError("eval_limit, eval_suite_limits and eval_batch_size must be >= 1")
+        if self.diagnosis_items < 1:
+            raise ValueError("diagnosis_items must be >= 1")
         from mio.eval.suites import check_suite_names
 
         check_suite_names(self.eval_suite_limits)  # here, not after half an hour of training
@@ -226,6 +232,10 @@ class Demo:
         index = self.stage_names.index(stage)
         return Path(self._stage_config(self.cfg.stages[index]).out_dir)
 
+    def base_stage(self) -> str:
+        """The stage whose checkpoint is evaluated as the base model: the one before SFT."""
+        return self.stage_names[-2] if len(self.stage_names) > 1 else self.stage_names[-1]
+
     # -- steps --
 
     def step_world(self) -> dict:
@@ -330,6 +340,21 @@ class Demo:
         write_outputs(result, runner, self.out / "eval" / name, self.cfg.eval_samples)
         return {"suites": len(result["suites"]), "skipped": len(result["skipped"])}
 
+    def step_diagnosis(self) -> dict:
+        """Code losses of the base and instruct checkpoints and the tokenizers' consistency
+        (`mio.eval.diagnosis`), saved as `diagnosis.json` for the report."""
+        from mio.eval.diagnosis import DIAGNOSIS_FILE, diagnose
+
+        metrics_path = self.tokenizers / "image" / "metrics.json"
+        tokenizer_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        checkpoints = {"base": (self.run_dir(self.base_stage()), True),
+                       "instruct": (self.run_dir(self.stage_names[-1]), False)}
+        result = diagnose(self.world, checkpoints, self.cfg.diagnosis_items, tokenizer_metrics, self.cfg.device)
+        (self.out / DIAGNOSIS_FILE).write_text(json.dumps(result, indent=1))
+        return {name: {f"{kind}_{split}": losses[f"{kind}_code_loss"][f"{split}_mean"]
+                       for kind in ("image", "speech") for split in ("train", "heldout")}
+                for name, losses in result["checkpoints"].items()}
+
     def step_report(self) -> dict:
         from mio.demo.report import write_report
 
@@ -345,9 +370,9 @@ class Demo:
             ("prepare", self.step_prepare),
         ]
         out += [(name, lambda i=i: self.step_stage(i)) for i, name in enumerate(self.stage_names)]
-        base_stage = self.stage_names[-2] if len(self.stage_names) > 1 else self.stage_names[-1]
-        out += [("eval_base", lambda: self.step_eval(base_stage, "base")),
+        out += [("eval_base", lambda: self.step_eval(self.base_stage(), "base")),
                 ("eval_instruct", lambda: self.step_eval(self.stage_names[-1], "instruct")),
+                ("diagnosis", self.step_diagnosis),
                 ("report", self.step_report)]
         return out
 

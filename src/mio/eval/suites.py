@@ -14,7 +14,7 @@ schema, and `<suite>.truth.jsonl`), asks the model in batches through `mio.api.M
 | image_qa, chart, video_understanding, speech_understanding, mcot | VQA accuracy |
 | image_generation, image_editing | judge exact rate, object F1 of the judged picture, SSIM to the true render |
 | asr | WER (Whisper normalisation) |
-| tts, speech_generation, speech_to_speech | Whisper judge WER on generated audio beside its WER on the reference audio and on the speech tokenizer's reconstruction of it (the codec's ceiling); spoken answers heard |
+| tts, speech_generation, speech_to_speech | Whisper judge WER; also on the reference audio and on its codec reconstruction |
 | video_generation | video judge (change accuracy, frames) |
 | storytelling | judge exact rate per picture, consistency between pictures |
 | covt | accuracy drawing the changed picture first vs answering directly (both formats taught in SFT) |
