@@ -107,8 +107,11 @@ class WorldConfig:
     """Fewest states in a video clip."""
     max_video_frames: int = 8
     """Most states in a video clip."""
-    frame_repeat: int = 3
-    """Video frames per state in the MP4 files (so scene detection sees each state as a shot)."""
+    frame_repeat: int = 1
+    """Video frames per state in the MP4 files. 1: `mio prepare`'s evenly spaced frame
+    selection then takes every state once; with repeats it takes some states twice and others
+    three times, an irregular pattern a model generating the video must count. More than 1
+    lets scene detection see each state as a shot."""
     video_fps: float = 6.0
     """Frame rate of the MP4 files."""
     icl_shots: int = 3
