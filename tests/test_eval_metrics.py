@@ -46,6 +46,8 @@ def test_vqa_accuracy_single_and_many_answers():
 def test_answer_extraction_and_mcq_letters():
     assert metrics.extract_answer("I see two. The answer is 2.", "The answer is") == "2"
     assert metrics.extract_answer("2", "The answer is") == "2"
+    assert metrics.extract_answer("the answer is two.", "The answer is") == "two"  # Whisper writes lowercase words
+    assert metrics.vqa_accuracy(metrics.extract_answer("the answer is two.", "The answer is"), ["2"]) == 1.0
     assert metrics.mcq_letter("B") == "B" and metrics.mcq_letter("Answer: C. 7") == "C"
     assert metrics.mcq_letter("none of them") is None
 

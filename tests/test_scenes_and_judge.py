@@ -7,7 +7,19 @@ import pytest
 from PIL import ImageFilter
 
 from mio.judges import image as image_judge
-from mio.toyworld.scenes import COLORS, SHAPES, SIZES, Scene, SceneObject, caption, render, sample_scenes
+from mio.toyworld.scenes import (
+    CANONICAL_BACKGROUND,
+    COLORS,
+    SHAPES,
+    SIZES,
+    Scene,
+    SceneObject,
+    canonical,
+    caption,
+    render,
+    sample_scenes,
+    with_nuisance,
+)
 
 
 def test_render_is_deterministic_and_varied():
@@ -52,3 +64,31 @@ def test_judge_tolerates_mild_blur_and_reports_mismatches():
     assert wrong["exact"] < 0.2
     with pytest.raises(ValueError):
         image_judge.score(scenes, blurred[:3])
+
+
+def test_canonical_scene_keeps_the_objects_on_the_fixed_background_without_jitter():
+    scenes = sample_scenes(20, seed=5)
+    for scene in scenes:
+        fixed = canonical(scene)
+        assert fixed.objects == scene.objects
+        assert fixed.background == CANONICAL_BACKGROUND and fixed.jitter_seed is None
+        image = np.asarray(render(fixed))
+        assert tuple(image[0, 0]) == CANONICAL_BACKGROUND
+        # Any nuisance render of the scene has the same canonical render.
+        other = with_nuisance(scene, seed=1)
+        assert np.array_equal(np.asarray(render(canonical(other))), image)
+        assert image_judge.object_key(image_judge.read_objects(render(fixed))) == scene.key()
+    # No jitter: a square in the centre cell sits exactly in the middle of the image.
+    square = canonical(Scene((SceneObject("square", "red", "big", 1, 1),), jitter_seed=123))
+    rows, cols = np.nonzero(np.asarray(render(square))[:, :, 1] < 100)
+    assert rows.min() + rows.max() == cols.min() + cols.max() == 63
+
+
+def test_with_nuisance_redraws_only_what_it_is_asked_to():
+    scene = sample_scenes(1, seed=6)[0]
+    both, jitter, tint = (with_nuisance(scene, 4, b, j) for b, j in ((True, True), (False, True), (True, False)))
+    assert both.objects == jitter.objects == tint.objects == scene.objects
+    assert both.background != scene.background and both.jitter_seed != scene.jitter_seed
+    assert jitter.background == scene.background and jitter.jitter_seed != scene.jitter_seed
+    assert tint.background != scene.background and tint.jitter_seed == scene.jitter_seed
+    assert with_nuisance(scene, 4) == both  # deterministic given the seed

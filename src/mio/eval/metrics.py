@@ -100,8 +100,9 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 
 def extract_answer(text: str, marker: str) -> str:
-    """The text after the last `marker` (`The answer is 3.` -> `3`); all of it if absent."""
-    index = text.rfind(marker)
+    """The text after the last `marker`, in any case (`The answer is 3.` -> `3`; Whisper
+    writes `the answer is three.`); all of it if absent."""
+    index = text.lower().rfind(marker.lower())
     tail = text[index + len(marker):] if index >= 0 else text
     return tail.strip().rstrip(".").strip()
 

@@ -82,6 +82,11 @@ class ImageTokenizerConfig:
     points query i at its own region of the image and each output patch at the codes of its
     region (0: no prior). The prior is what makes this train in minutes; attention can
     still look elsewhere."""
+    query_regions: tuple[int, int] = (1, 1)
+    """Rows and columns of equal image regions the queries' home points are shared out over
+    (see `locality_bias`); (1, 1): the queries tile the whole image. Matching a known layout
+    of the images' content (the toy world's 3x3 grid) gives each region's content its own
+    codes."""
     codebook_size: int = 1024
     """Number of distinct codes. The paper's SEED tokenizer has 8192."""
     codebook_dim: int = 32
@@ -113,6 +118,11 @@ class ImageTokenizerConfig:
             raise ValueError("conv_channels must be positive")
         if self.locality < 0:
             raise ValueError("locality must be >= 0")
+        if len(self.query_regions) != 2 or min(self.query_regions) < 1:
+            raise ValueError(f"query_regions must be two positive numbers (rows, cols), got {list(self.query_regions)}")
+        if self.query_regions[0] * self.query_regions[1] > self.tokens_per_image:
+            raise ValueError(f"query_regions {list(self.query_regions)} has more regions than the "
+                             f"{self.tokens_per_image} tokens_per_image")
 
     @property
     def patch_size(self) -> int:
@@ -134,24 +144,34 @@ def _conv_norm(channels: int) -> nn.Module:
     return nn.GroupNorm(math.gcd(8, channels), channels)
 
 
-def locality_bias(tokens: int, grid: int, width: float) -> torch.Tensor:
+def locality_bias(tokens: int, grid: int, width: float, regions: tuple[int, int] = (1, 1)) -> torch.Tensor:
     """Additive attention bias [tokens, grid*grid]: query i gets a home point on the image
-    (queries tile it in raster order, rows x cols as square as possible) and a Gaussian
-    log-weight -d^2 / (2 sigma^2) over patch centres, sigma = `width` x the side of the query's tile
-    in patches. Codes therefore come out roughly in raster order, like a raster tokenizer's,
-    while the causal Q-Former still mixes them. `width` 0 gives no bias."""
+    and a Gaussian log-weight -d^2 / (2 sigma^2) over patch centres, sigma = `width` x the side
+    of the query's tile in patches. The image is cut into `regions` (rows, cols) equal
+    regions; queries are shared out over them in raster order (the first regions get one more
+    when they do not divide evenly) and tile their region in raster order, rows x cols as
+    square as possible. Codes therefore come out roughly in raster order, like a raster
+    tokenizer's, while the causal Q-Former still mixes them. `width` 0 gives no bias."""
     if width == 0:
         return torch.zeros(tokens, grid * grid)
-    rows = max(d for d in range(1, int(math.isqrt(tokens)) + 1) if tokens % d == 0)
-    cols = tokens // rows
-    q = torch.arange(tokens)
-    home_y = (q // cols + 0.5) * grid / rows - 0.5
-    home_x = (q % cols + 0.5) * grid / cols - 0.5
+    region_rows, region_cols = regions
+    n_regions = region_rows * region_cols
+    region_h, region_w = grid / region_rows, grid / region_cols
+    home_y, home_x, sigma = [], [], []
+    for region in range(n_regions):
+        n = tokens // n_regions + (region < tokens % n_regions)
+        rows = max(d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0)
+        cols = n // rows
+        tile_h, tile_w = region_h / rows, region_w / cols
+        top, left = (region // region_cols) * region_h, (region % region_cols) * region_w
+        for q in range(n):
+            home_y.append(top + (q // cols + 0.5) * tile_h - 0.5)
+            home_x.append(left + (q % cols + 0.5) * tile_w - 0.5)
+            sigma.append(width * math.sqrt(tile_h * tile_w))
     p = torch.arange(grid * grid)
     py, px = (p // grid).float(), (p % grid).float()
-    sigma = width * math.sqrt((grid / rows) * (grid / cols))
-    dist2 = (home_y[:, None] - py[None]) ** 2 + (home_x[:, None] - px[None]) ** 2
-    return -dist2 / (2 * sigma**2)
+    dist2 = (torch.tensor(home_y)[:, None] - py[None]) ** 2 + (torch.tensor(home_x)[:, None] - px[None]) ** 2
+    return -dist2 / (2 * torch.tensor(sigma)[:, None] ** 2)
 
 
 class ImageTokenizerModel(nn.Module):
@@ -177,7 +197,7 @@ class ImageTokenizerModel(nn.Module):
         self.qformer = nn.TransformerDecoder(_transformer_layer(cfg, True), cfg.qformer_layers)
         self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(n_tok), persistent=False)
         side = cfg.image_size // cfg.patch_size
-        bias = locality_bias(n_tok, side, cfg.locality)
+        bias = locality_bias(n_tok, side, cfg.locality, cfg.query_regions)
         self.register_buffer("query_bias", bias, persistent=False)  # queries -> patches
         self.register_buffer("patch_bias", bias.T.contiguous(), persistent=False)  # patches -> codes
         self.qformer_norm = nn.LayerNorm(w)
@@ -261,22 +281,22 @@ class ImageTokenizerModel(nn.Module):
         return torch.where(out[:, 6:] > 0, out[:, :3], out[:, 3:6])
 
     def forward(self, pixels: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor | None]:
-        """Training pass: reconstruction, matte logits, codes, the quantized vectors and the VQ loss.
+        """Training pass: reconstruction, matte logits, codes, the code-space vectors before
+        (`prequantized`) and after quantization, and the VQ loss.
 
         `quantize=False` skips the quantizer (codes None): used for a continuous warm-up, so
         that the features differ between images before k-means initialises the codebook on
         them (initialised on the near-identical features of a fresh model, every image gets
         the same codes and the codebook collapses)."""
-        features = self.encode_features(pixels)
+        prequantized = self.to_code(self.encode_features(pixels))
         if not quantize:
-            continuous = self.to_code(features)
-            reconstruction, matte_logits = self.decode_with_matte(continuous)
+            reconstruction, matte_logits = self.decode_with_matte(prequantized)
             return {"reconstruction": reconstruction, "matte_logits": matte_logits, "codes": None,
-                    "quantized": continuous, "commit_loss": features.new_zeros(())}
-        quantized, codes, commit_loss = self.quantize(features)
+                    "prequantized": prequantized, "quantized": prequantized, "commit_loss": prequantized.new_zeros(())}
+        quantized, codes, commit_loss = self.quantizer(prequantized)
         reconstruction, matte_logits = self.decode_with_matte(quantized)
         return {"reconstruction": reconstruction, "matte_logits": matte_logits, "codes": codes,
-                "quantized": quantized, "commit_loss": commit_loss}
+                "prequantized": prequantized, "quantized": quantized, "commit_loss": commit_loss.sum()}
 
 
 def images_to_tensor(images: list[PILImage.Image], image_size: int) -> torch.Tensor:

@@ -4,6 +4,10 @@ The embedded world's images. Every object has a shape, a colour, a size and a gr
 each scene gets a light background tint and a small per-object position jitter, so no two
 renders are identical while the pixel-level judge (`mio.judges.image`) can still
 read every attribute back. Everything is deterministic given a seed.
+
+Tint and jitter are nuisance: a caption cannot predict them. `canonical` gives a scene's
+nuisance-free version (a fixed background, no jitter) and `with_nuisance` redraws them,
+which is how the image tokenizer is trained and measured to ignore them.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ JITTER_FRACTION = 0.05
 # Background tints stay light and low-saturation so every palette colour stands out.
 BACKGROUND_RANGE = (205, 250)
 BACKGROUND_SPREAD = 12
+# The background of canonical renders: the middle of the tint range, neutral grey.
+CANONICAL_BACKGROUND = (235, 235, 235)
 # Cross arm thickness as a fraction of the cross's extent.
 CROSS_ARM = 0.28
 
@@ -62,11 +68,12 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """A scene: its objects (at most one per cell), its background tint and the jitter seed."""
+    """A scene: its objects (at most one per cell), its background tint and the jitter seed
+    (None: objects sit exactly at their cell centres)."""
 
     objects: tuple[SceneObject, ...]
-    background: tuple[int, int, int] = (235, 235, 235)
-    jitter_seed: int = 0
+    background: tuple[int, int, int] = CANONICAL_BACKGROUND
+    jitter_seed: int | None = 0
 
     def key(self) -> frozenset[tuple[str, str, str, int, int]]:
         """The scene's content as a set, for comparing against what a judge reads."""
@@ -98,11 +105,27 @@ class SceneSampler:
             SceneObject(r.choice(self.shapes), r.choice(self.colors), r.choice(SIZES), c // GRID, c % GRID)
             for c in sorted(cells)
         )
-        base = r.randint(*BACKGROUND_RANGE)
-        background = tuple(
-            min(255, max(0, base + r.randint(-BACKGROUND_SPREAD, BACKGROUND_SPREAD))) for _ in range(3)
-        )
-        return Scene(objects, background, r.randrange(2**31))
+        return Scene(objects, random_background(r), r.randrange(2**31))
+
+
+def random_background(rng: random.Random) -> tuple[int, int, int]:
+    """A light, low-saturation background tint drawn from `rng`."""
+    base = rng.randint(*BACKGROUND_RANGE)
+    return tuple(min(255, max(0, base + rng.randint(-BACKGROUND_SPREAD, BACKGROUND_SPREAD))) for _ in range(3))
+
+
+def canonical(scene: Scene) -> Scene:
+    """The same objects without nuisance: the fixed `CANONICAL_BACKGROUND` and no jitter."""
+    return Scene(scene.objects, CANONICAL_BACKGROUND, None)
+
+
+def with_nuisance(scene: Scene, seed: int, background: bool = True, jitter: bool = True) -> Scene:
+    """The same objects with a new background tint and/or a new jitter seed drawn from `seed`
+    (what is not redrawn is kept)."""
+    rng = random.Random(seed)
+    new_background = random_background(rng) if background else scene.background
+    new_jitter = rng.randrange(2**31) if jitter else scene.jitter_seed
+    return Scene(scene.objects, new_background, new_jitter)
 
 
 def sample_scenes(n: int, seed: int = 0) -> list[Scene]:
@@ -117,10 +140,10 @@ def render(scene: Scene, image_size: int = 64) -> Image.Image:
     image = Image.new("RGB", (image_size, image_size), scene.background)
     draw = ImageDraw.Draw(image)
     cell = image_size / GRID
-    jitter = random.Random(scene.jitter_seed)
+    jitter = None if scene.jitter_seed is None else random.Random(scene.jitter_seed)
     for obj in scene.objects:
         extent = SIZE_FRACTION[obj.size] * cell
-        dx, dy = (jitter.uniform(-1, 1) * JITTER_FRACTION * cell for _ in range(2))
+        dx, dy = (0.0, 0.0) if jitter is None else (jitter.uniform(-1, 1) * JITTER_FRACTION * cell for _ in range(2))
         cx, cy = (obj.col + 0.5) * cell + dx, (obj.row + 0.5) * cell + dy
         _draw_shape(draw, obj.shape, cx, cy, extent / 2, COLORS[obj.color])
     return image

@@ -15,19 +15,32 @@ After the joint training, `decoder_steps` optionally train the decoder alone on 
 encoder's codes (`finetune_decoder`), so that it learns to draw the exact codes it will be
 given rather than the moving targets of joint training.
 
+A language model has to write these codes from a caption, which names each object and
+nothing else. On procedural scenes two options keep the codes to what a caption says:
+`canonical_target` trains the decoder to draw each scene's canonical render (fixed
+background, no jitter; `mio.toyworld.scenes.canonical`) whatever tint and jitter its input
+has, and `invariance_weight` pulls an input's code-space features towards the code its
+canonical render gets, so that the codes themselves, not only the decoded pixels, drop the
+nuisance.
+
 Data is a folder of images, a JSONL manifest (`{"image": path, "caption": str}` per line,
 paths relative to the manifest), or, with no data path, freshly rendered procedural scenes
 (`mio.toyworld.scenes`), whose known content lets the evaluation also score reconstructions
 with the pixel judge. Evaluation on held-out images reports PSNR, SSIM, codebook usage and
-perplexity, encode/decode throughput and (for scenes) judge accuracy; `metrics.json` is
-written next to the weights.
+perplexity, encode/decode throughput and, for scenes, judge accuracy and three probes of how
+writable the codes are: `consistency` (same scene, other nuisance -> same codes?),
+`codes_changed_per_object_change` (one object replaced -> how many codes change?) and the
+per-position cell information (does each code position describe one grid cell?);
+`metrics.json` is written next to the weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -46,7 +59,19 @@ from mio.config import to_dict
 from mio.judges import image as image_judge
 from mio.media.image import DEFAULT_MAX_PIXELS, ImageFileError, open_image
 from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig, ImageTokenizerModel, images_to_tensor
-from mio.toyworld.scenes import Scene, caption, render, sample_scenes
+from mio.toyworld.scenes import (
+    COLORS,
+    GRID,
+    SHAPES,
+    SIZES,
+    Scene,
+    SceneObject,
+    canonical,
+    caption,
+    render,
+    sample_scenes,
+    with_nuisance,
+)
 from mio.train.schedule import cosine_schedule
 
 log = logging.getLogger(__name__)
@@ -113,6 +138,16 @@ class ImageTrainConfig:
     matte_weight: float = 1.0
     """Weight of the binary cross-entropy between the decoder's matte and the foreground mask
     (0: the matte is learned through the pixel loss only)."""
+    canonical_target: bool = False
+    """Train the decoder to draw each scene's canonical render (fixed background, no jitter)
+    from any render of it, so codes need not carry the nuisance. Needs procedural scenes
+    (`data` empty): image files have no canonical render, and such a config is refused."""
+    invariance_weight: float = 0.0
+    """Weight of the loss pulling an input's code-space features (before quantization) to the
+    code vectors its scene's canonical render gets (looked up without gradient or codebook
+    update; see `canonical_codes`), so that a scene's codes do not depend on its nuisance
+    (0: off). It starts with quantization: pulling renders together in a fresh encoder,
+    whose features barely differ between images, collapses them all. Needs procedural scenes."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Refuse image files with more pixels than this."""
     log_every: int = 50
@@ -129,6 +164,11 @@ class ImageTrainConfig:
             raise ValueError("decoder_steps must be >= 0")
         if not self.data and self.scenes < 1:
             raise ValueError("with no data path, scenes must be positive")
+        if self.invariance_weight < 0:
+            raise ValueError("invariance_weight must be >= 0")
+        if self.data and (self.canonical_target or self.invariance_weight):
+            raise ValueError(f"canonical_target and invariance_weight need procedural scenes (data empty); "
+                             f"the images in {self.data} have no canonical render")
 
 
 @dataclass
@@ -201,6 +241,27 @@ def caption_targets(captions: list[str | None]) -> tuple[list[str], torch.Tensor
     return words, targets, has_caption
 
 
+def canonical_renders(scenes: list[Scene], image_size: int) -> torch.Tensor:
+    """The canonical renders (`mio.toyworld.scenes.canonical`) of `scenes` as a tensor [N, 3, S, S]."""
+    return images_to_tensor([render(canonical(s), image_size) for s in scenes], image_size)
+
+
+@torch.no_grad()
+def canonical_codes(model: ImageTokenizerModel, pixels: torch.Tensor) -> torch.Tensor:
+    """The code vectors [N, L, codebook_dim] the quantizer gives `pixels`, looked up directly:
+    in training mode the quantizer would also update its codebook. An encoder pass without
+    gradients costs about a third of a trained one."""
+    features = model.to_code(model.encode_features(pixels))
+    codebook = model.quantizer.codebook
+    return codebook[torch.cdist(features.flatten(0, 1), codebook).argmin(dim=-1)].view_as(features)
+
+
+def invariance_loss(features: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between `features` and `anchor` [N, L, D]: the quantizer's
+    commitment loss, with another render's code as the target."""
+    return F.mse_loss(features, anchor)
+
+
 def foreground_mask(pixels: torch.Tensor, distance: float) -> torch.Tensor:
     """Float mask [N, 1, H, W] of the pixels of `pixels` [N, 3, H, W] whose RGB distance to
     their image's background, the median border colour, exceeds `distance`."""
@@ -243,6 +304,12 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     pixels = images_to_tensor(train_set.images, cfg.model.image_size)
+    canonical_pixels = None
+    if cfg.canonical_target or cfg.invariance_weight:
+        if train_set.scenes is None:
+            raise ValueError("canonical_target and invariance_weight need a training set of procedural scenes")
+        canonical_pixels = canonical_renders(train_set.scenes, cfg.model.image_size)
+    target_pixels = canonical_pixels if cfg.canonical_target else pixels
     model = ImageTokenizerModel(cfg.model).to(device)
     words, targets, has_caption = caption_targets(train_set.captions)
     use_captions = cfg.caption_weight > 0 and bool(words) and bool(has_caption.any())
@@ -265,8 +332,13 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
         if step == cfg.continuous_steps and cfg.kmeans_images:
             _init_codebook(model, pixels[torch.randperm(len(pixels), generator=generator)[: cfg.kmeans_images]], device)
         out = model(batch, quantize=quantizing)
-        recon, matte = reconstruction_losses(out["reconstruction"], out["matte_logits"], batch, cfg)
+        recon, matte = reconstruction_losses(out["reconstruction"], out["matte_logits"], target_pixels[idx].to(device), cfg)
         loss = recon + cfg.matte_weight * matte + out["commit_loss"]
+        invariance = torch.zeros((), device=device)
+        if cfg.invariance_weight and quantizing:
+            anchor = canonical_codes(model, canonical_pixels[idx].to(device))
+            invariance = invariance_loss(out["prequantized"], anchor)
+            loss = loss + cfg.invariance_weight * invariance
         caption_loss = torch.zeros((), device=device)
         if head is not None:
             mask = has_caption[idx].to(device)
@@ -278,18 +350,19 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             used = out["codes"].unique().numel() if quantizing else 0
             progress.set_postfix(recon=f"{recon.item():.4f}", codes=used)
-            log.info("step %d/%d  recon %.4f  matte %.4f  commit %.4f  caption %.4f  codes in batch %d  (%s)",
-                     step + 1, cfg.steps, recon.item(), matte.item(), out["commit_loss"].item(), caption_loss.item(), used,
-                     progress.format_interval(progress.format_dict["elapsed"]))
+            log.info("step %d/%d  recon %.4f  matte %.4f  commit %.4f  caption %.4f  invariance %.4f  codes in batch %d  (%s)",
+                     step + 1, cfg.steps, recon.item(), matte.item(), out["commit_loss"].item(), caption_loss.item(),
+                     invariance.item(), used, progress.format_interval(progress.format_dict["elapsed"]))
     if cfg.decoder_steps:
-        finetune_decoder(model, pixels, cfg, generator)
+        finetune_decoder(model, pixels, cfg, generator, target_pixels)
     model.eval()
     return EmbeddedImageTokenizer(cfg.model, model, device=device)
 
 
 def finetune_decoder(model: ImageTokenizerModel, pixels: torch.Tensor, cfg: ImageTrainConfig,
-                     generator: torch.Generator) -> None:
-    """Train the decoder alone for `cfg.decoder_steps` on the codes of the trained encoder.
+                     generator: torch.Generator, targets: torch.Tensor | None = None) -> None:
+    """Train the decoder alone for `cfg.decoder_steps` on the codes of the trained encoder
+    for `pixels`, to draw `targets` (the same rows; default: `pixels` themselves).
 
     The model stays in eval mode throughout, so the quantizer neither updates nor expires
     codes: the decoder sees exactly the codes `encode` will give it."""
@@ -300,11 +373,12 @@ def finetune_decoder(model: ImageTokenizerModel, pixels: torch.Tensor, cfg: Imag
     scheduler = cosine_schedule(optimizer, 0, steps, LR_FLOOR)
     model.eval()
     progress = tqdm(range(steps), desc="image decoder", unit="step", mininterval=5.0)
+    targets = pixels if targets is None else targets
     for step in progress:
-        batch = pixels[torch.randint(len(pixels), (cfg.batch_size,), generator=generator)].to(device)
+        idx = torch.randint(len(pixels), (cfg.batch_size,), generator=generator)
         with torch.no_grad():
-            quantized, _, _ = model.quantize(model.encode_features(batch))
-        recon, matte = reconstruction_losses(*model.decode_with_matte(quantized), batch, cfg)
+            quantized, _, _ = model.quantize(model.encode_features(pixels[idx].to(device)))
+        recon, matte = reconstruction_losses(*model.decode_with_matte(quantized), targets[idx].to(device), cfg)
         loss = recon + cfg.matte_weight * matte
         _update(loss, optimizer, scheduler, params, cfg.grad_clip)
         if step % cfg.log_every == 0 or step == steps - 1:
@@ -331,10 +405,112 @@ def reconstruction_quality(originals: list[PILImage.Image], reconstructions: lis
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
 
 
-def evaluate(tokenizer: EmbeddedImageTokenizer, val_set: ImageSet) -> dict[str, float]:
+def code_consistency(tokenizer: EmbeddedImageTokenizer, scenes: list[Scene], codes: torch.Tensor, seed: int,
+                     position_cells: list[int] | None = None) -> dict[str, float | list[float]]:
+    """Share of code positions that stay the same when each scene (whose renders have
+    `codes`) is rendered again with other nuisance: a new background tint and jitter
+    (`consistency`, also per position), only a new jitter, only a new tint. Most positions
+    of a scene show empty background; with `position_cells` (the grid cell each position
+    describes, see `cell_information`) `consistency_on_objects` counts only the positions
+    whose cell holds an object, the codes a language model has to get right to draw it."""
+    size = tokenizer.image_size
+    metrics: dict[str, float | list[float]] = {}
+    for name, background, jitter in (("consistency", True, True), ("consistency_jitter", False, True),
+                                     ("consistency_tint", True, False)):
+        again = [render(with_nuisance(s, seed + i, background, jitter), size) for i, s in enumerate(scenes)]
+        same = tokenizer.encode(again) == codes
+        metrics[name] = same.double().mean().item()
+        if name == "consistency":
+            metrics["consistency_per_position"] = same.double().mean(dim=0).tolist()
+            if position_cells is not None:
+                occupied = torch.from_numpy(cell_contents(scenes)[:, position_cells] > 0)
+                metrics["consistency_on_objects"] = same[occupied].double().mean().item() if occupied.any() else math.nan
+    return metrics
+
+
+def _replace_one_object(scene: Scene, rng: random.Random) -> Scene:
+    """`scene` with one of its objects swapped for a different object in the same cell."""
+    index = rng.randrange(len(scene.objects))
+    old = scene.objects[index]
+    new = old
+    while new == old:
+        new = SceneObject(rng.choice(SHAPES), rng.choice(tuple(COLORS)), rng.choice(SIZES), old.row, old.col)
+    return dataclasses.replace(scene, objects=scene.objects[:index] + (new,) + scene.objects[index + 1:])
+
+
+def codes_changed_per_object_change(tokenizer: EmbeddedImageTokenizer, scenes: list[Scene], seed: int) -> float:
+    """Mean number of code positions that change when one object of a scene with two or more
+    objects is replaced by another in its cell, the background and jitter kept (a writable
+    code changes only where that cell is described; NaN without such scenes)."""
+    several = [s for s in scenes if len(s.objects) >= 2]
+    if not several:
+        return math.nan
+    rng = random.Random(seed)
+    edited = [_replace_one_object(s, rng) for s in several]
+    size = tokenizer.image_size
+    before = tokenizer.encode([render(s, size) for s in several])
+    after = tokenizer.encode([render(s, size) for s in edited])
+    return (before != after).sum(dim=1).double().mean().item()
+
+
+def cell_contents(scenes: list[Scene]) -> np.ndarray:
+    """Each grid cell's content as an integer [N, GRID*GRID]: 0 empty, else 1 + the index of
+    the object's (shape, colour, size)."""
+    kinds = {k: i + 1 for i, k in enumerate((sh, c, sz) for sh in SHAPES for c in COLORS for sz in SIZES)}
+    contents = np.zeros((len(scenes), GRID * GRID), dtype=np.int64)
+    for row, scene in enumerate(scenes):
+        for o in scene.objects:
+            contents[row, o.row * GRID + o.col] = kinds[(o.shape, o.color, o.size)]
+    return contents
+
+
+def mutual_information(x: np.ndarray, y: np.ndarray) -> float:
+    """Plug-in mutual information (nats) between two integer sequences."""
+    _, xi = np.unique(x, return_inverse=True)
+    _, yi = np.unique(y, return_inverse=True)
+    joint = np.zeros((xi.max() + 1, yi.max() + 1))
+    np.add.at(joint, (xi, yi), 1.0)
+    joint /= joint.sum()
+    outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log(joint[nz] / outer[nz])).sum())
+
+
+def cell_information(codes: torch.Tensor, scenes: list[Scene], seed: int, shuffles: int = 4) -> dict:
+    """How much each code position tells about each grid cell's content, over held-out scenes.
+
+    Information is plug-in mutual information less its mean over `shuffles` random pairings
+    of codes with scenes (the estimator's bias at this sample size, large with many code
+    values and few scenes), floored at 0. Per position: its information in nats summed over
+    cells, the most informative cell, and that cell's share of the sum (1: the position
+    describes one cell; 1/9: all cells alike). `cell_information_share` is the mean share over
+    positions weighted by their information."""
+    contents = cell_contents(scenes)
+    codes_np = codes.numpy()
+    rng = np.random.default_rng(seed)
+    info = np.zeros((codes_np.shape[1], contents.shape[1]))
+    for p in range(codes_np.shape[1]):
+        for c in range(contents.shape[1]):
+            bias = np.mean([mutual_information(codes_np[:, p], rng.permutation(contents[:, c])) for _ in range(shuffles)])
+            info[p, c] = max(0.0, mutual_information(codes_np[:, p], contents[:, c]) - bias)
+    total = info.sum(axis=1)
+    share = np.divide(info.max(axis=1), total, out=np.zeros_like(total), where=total > 0)
+    return {"cell_information_share": float((share * total).sum() / max(total.sum(), 1e-12)),
+            "cell_information_share_per_position": share.tolist(),
+            "cell_information_per_position": total.tolist(),
+            "cell_per_position": info.argmax(axis=1).tolist()}
+
+
+def evaluate(tokenizer: EmbeddedImageTokenizer, val_set: ImageSet, canonical_target: bool = False,
+             seed: int = 0) -> dict:
     """Held-out metrics: PSNR, SSIM, codebook usage/perplexity, encode and decode
     images/s, and with ground-truth scenes the judge's exact rate on reconstructions (beside
-    its rate on the originals, the ceiling)."""
+    its rate on the originals, the ceiling) and the writability probes (`code_consistency`,
+    `codes_changed_per_object_change`, `cell_information`).
+
+    With `canonical_target` PSNR and SSIM compare reconstructions with the canonical renders
+    the decoder was trained to draw; the judge reads objects only, so `judge_exact` is the
+    same measurement either way."""
     images = val_set.images
     start = time.perf_counter()
     codes = tokenizer.encode(images)
@@ -342,7 +518,12 @@ def evaluate(tokenizer: EmbeddedImageTokenizer, val_set: ImageSet) -> dict[str, 
     start = time.perf_counter()
     reconstructions = tokenizer.decode(codes)
     decode_s = time.perf_counter() - start
-    metrics = {"n": len(images), **reconstruction_quality(images, reconstructions),
+    references = images
+    if canonical_target:
+        if val_set.scenes is None:
+            raise ValueError("canonical_target needs held-out procedural scenes")
+        references = [render(canonical(s), tokenizer.image_size) for s in val_set.scenes]
+    metrics = {"n": len(images), **reconstruction_quality(references, reconstructions),
                **codebook_stats(codes, tokenizer.codebook_size),
                "encode_images_per_s": len(images) / encode_s, "decode_images_per_s": len(images) / decode_s}
     if val_set.scenes is not None:
@@ -350,6 +531,10 @@ def evaluate(tokenizer: EmbeddedImageTokenizer, val_set: ImageSet) -> dict[str, 
         metrics["judge_exact"] = recon_score["exact"]
         metrics["judge_object_recall"] = recon_score["object_recall"]
         metrics["judge_exact_on_originals"] = image_judge.score(val_set.scenes, images)["exact"]
+        information = cell_information(codes, val_set.scenes, seed)
+        metrics.update(code_consistency(tokenizer, val_set.scenes, codes, seed, information["cell_per_position"]))
+        metrics["codes_changed_per_object_change"] = codes_changed_per_object_change(tokenizer, val_set.scenes, seed)
+        metrics.update(information)
     return metrics
 
 
@@ -377,10 +562,11 @@ def train_from_config(config_path: str | Path, out_dir: str | Path | None = None
     tokenizer = train(cfg, train_set)
     train_seconds = time.perf_counter() - start
     tokenizer.save(out)
-    metrics = {**evaluate(tokenizer, val_set), "train_seconds": train_seconds, "steps": cfg.steps,
+    metrics = {**evaluate(tokenizer, val_set, cfg.canonical_target, cfg.seed), "train_seconds": train_seconds, "steps": cfg.steps,
                "decoder_steps": cfg.decoder_steps, "train_images": len(train_set.images)}
     (out / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
     (out / TRAIN_CONFIG_NAME).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     log.info("saved image tokenizer to %s: %s", out,
-             ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+             ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in metrics.items() if not isinstance(v, list)))
     return metrics
