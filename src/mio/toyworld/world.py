@@ -107,7 +107,7 @@ class WorldConfig:
     """Fewest states in a video clip."""
     max_video_frames: int = 8
     """Most states in a video clip."""
-    frame_repeat: int = 1
+    frame_repeat: int = 3
     """Video frames per state in the MP4 files. 1: `mio prepare`'s evenly spaced frame
     selection then takes every state once; with repeats it takes some states twice and others
     three times, an irregular pattern a model generating the video must count. More than 1
