@@ -35,6 +35,7 @@ from mio.model import ModelConfig
 from mio.segments import Image, Video
 from mio.tokenizers.base import load_tokenizer
 from mio.toyworld.build import build
+from mio.toyworld.videos import STATE_MIN_FRAMES, STATE_THRESHOLD
 from mio.toyworld.world import EVAL_SUITE_NAMES, WorldConfig
 from mio.train.loop import OptimConfig, Stage, TrainConfig
 from mio.train.text_tokenizer import TextTokenizerConfig
@@ -98,7 +99,7 @@ def taught(tmp_path_factory):
     counts |= {s: PICTURE_CANDIDATES for s in PICTURE_SUITES}
     build(WorldConfig(out_dir=str(world), image_text_pairs=0, language_docs=0, interleaved_docs=0, video_pairs=0,
                       video_interleaved_docs=0, speech_pairs=0, sft_per_task=0, eval_per_suite=0, eval_suite_counts=counts,
-                      frame_repeat=1, train_voices=ASSISTANT_VOICE + 1, heldout_voices=2,
+                      train_voices=ASSISTANT_VOICE + 1, heldout_voices=2,
                       assistant_voice=ASSISTANT_VOICE, workers=1), world, overwrite=True)
     image, speech = load_tokenizer(TOKENIZERS / "image"), load_tokenizer(TOKENIZERS / "speech")
     for suite in PICTURE_SUITES:
@@ -114,7 +115,9 @@ def taught(tmp_path_factory):
     build_text_tokenizer(text_tokenizer).save_pretrained(text_tokenizer.out_dir)
     prepare(PrepareConfig(output_dir=str(out / "shards"), text_tokenizer=str(out / "text"), typed_manifests={"sft": manifests},
                           image_tokenizer=str(TOKENIZERS / "image"), speech_tokenizer=str(TOKENIZERS / "speech"),
-                          layout=layout, encode=EncodeConfig(speech_frame_rate=speech.frame_rate)), image, speech)
+                          layout=layout, encode=EncodeConfig(speech_frame_rate=speech.frame_rate),
+                          video_frame_selection="keyframes", keyframe_threshold=STATE_THRESHOLD,
+                          keyframe_min_frames=STATE_MIN_FRAMES), image, speech)
     cfg = TrainConfig(
         name="sft", out_dir=str(out / "sft"), text_tokenizer=str(out / "text"), layout=layout,
         data=MixtureConfig(sources={"sft": str(out / "shards" / "sft")}, ratios={"sft": 1}),

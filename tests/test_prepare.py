@@ -268,3 +268,24 @@ def test_cli_prepare(tmp_path, text_dir, corpus, monkeypatch):
     assert summary["data_types"]["language"]["docs"] == 3
     assert cli.main(["prepare", str(toml)]) == 2  # exists, no --overwrite: one clear error line
     assert cli.main(["prepare", str(toml), "--overwrite"]) == 0
+
+
+def test_keyframe_selection_keeps_one_frame_per_state(tmp_path):
+    """A toyworld clip whose states last three MP4 frames each comes back as one frame per
+    distinct state (an even pick would repeat some states and not others)."""
+    import random
+
+    from mio.data.prepare import load_video_frames
+    from mio.judges import image as image_judge
+    from mio.media.video import make_detector
+    from mio.toyworld.scenes import render, sample_scenes
+    from mio.toyworld.videos import STATE_MIN_FRAMES, STATE_THRESHOLD, sample_clip, write_clip
+
+    for seed in range(3):
+        clip = sample_clip(sample_scenes(1, seed=seed)[0], random.Random(seed), 6, 8)
+        path = write_clip(clip, tmp_path / f"clip{seed}.mp4", image_size=64, repeat=3, fps=6.0)
+        states = [s for i, s in enumerate(clip.states) if i == 0 or s != clip.states[i - 1]]
+        frames = load_video_frames(path, 8, "keyframes", make_detector("content", STATE_THRESHOLD, STATE_MIN_FRAMES))
+        read = [image_judge.object_key(image_judge.read_objects(f.resize((64, 64)))) for f in frames]
+        assert read == [image_judge.object_key(image_judge.read_objects(render(s))) for s in states]
+        assert len(load_video_frames(path, 8, "uniform")) == 8

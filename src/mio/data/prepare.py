@@ -95,7 +95,12 @@ class PrepareConfig:
     image_batch_size: int = 64
     """Images per image-tokenizer call."""
     video_frame_selection: Literal["uniform", "keyframes"] = "uniform"
-    """How frames are picked from video files: evenly spaced, or scene keyframes."""
+    """How frames are picked from video files: evenly spaced, or the middle frame of each
+    scene that the content detector finds (at most the frames a sample wants)."""
+    keyframe_threshold: float | None = None
+    """The content detector's cut threshold for `keyframes` (None: its default, 12)."""
+    keyframe_min_frames: int = 3
+    """The fewest frames a scene lasts for `keyframes`."""
     overwrite: bool = False
     """Replace data-type directories and the summary already in output_dir."""
 
@@ -105,7 +110,7 @@ class PrepareConfig:
         for data_type in self.typed_manifests:
             if data_type not in MANIFEST_TYPES:
                 raise ValueError(f"typed_manifests: unknown data type {data_type!r}; known: {', '.join(MANIFEST_TYPES)}")
-        for name in ("docs_per_shard", "records_per_chunk", "image_batch_size"):
+        for name in ("docs_per_shard", "records_per_chunk", "image_batch_size", "keyframe_min_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         self.encode.validate()
@@ -119,8 +124,9 @@ class OutputExistsError(FileExistsError, ValueError):
     """The output is already there (a ValueError too, so the CLI reports it in one line)."""
 
 
-def load_video_frames(path: Path, k: int, method: str) -> list[PILImage.Image]:
-    """`k` frames of a video file, in time order, chosen by `method`."""
+def load_video_frames(path: Path, k: int, method: str, detector=None) -> list[PILImage.Image]:
+    """`k` frames of a video file, in time order, chosen by `method` (`keyframes` cuts scenes
+    with `detector`, default `mio.media.video.make_detector()`)."""
     try:
         from mio.media import video
     except ImportError as e:
@@ -129,7 +135,7 @@ def load_video_frames(path: Path, k: int, method: str) -> list[PILImage.Image]:
         ) from None
     clip = video.read_video(path)
     if method == "keyframes":
-        indices = video.keyframe_indices(clip, k)
+        indices = video.keyframe_indices(clip, k, detector)
     else:
         indices = video.uniform_indices(len(clip.frames), k)
     return [PILImage.fromarray(clip.frames[i]) for i in indices]
@@ -189,7 +195,7 @@ class _Tokenized:
                     for path in subsample_frames(list(ref.paths), k):
                         self._want_image(path)
                 elif (ref.paths[0], k) not in self.videos and (ref.paths[0], k) not in self._pending_videos:
-                    self._pending_videos[(ref.paths[0], k)] = load_video_frames(ref.paths[0], k, self.cfg.video_frame_selection)
+                    self._pending_videos[(ref.paths[0], k)] = self._video_frames(ref.paths[0], k)
             elif ref.paths[0] not in self.speech:
                 path = ref.paths[0]
                 wave, rate = load_audio(path)
@@ -205,6 +211,14 @@ class _Tokenized:
                 self.speech[path] = codes[: self.cfg.layout.speech_layers]
                 self.speech_seconds[path] = seconds
         return True
+
+    def _video_frames(self, path: Path, k: int) -> list[PILImage.Image]:
+        detector = None
+        if self.cfg.video_frame_selection == "keyframes":
+            from mio.media.video import make_detector  # a detector keeps state: one per video
+
+            detector = make_detector("content", self.cfg.keyframe_threshold, self.cfg.keyframe_min_frames)
+        return load_video_frames(path, k, self.cfg.video_frame_selection, detector)
 
     def _frames_wanted(self, record: Record) -> int:
         # Video-text pairs get the paper's 4-8 frames by description length; other videos the most.

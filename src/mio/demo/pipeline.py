@@ -289,6 +289,7 @@ class Demo:
         from mio.data.encode import EncodeConfig
         from mio.data.prepare import PrepareConfig, prepare
         from mio.tokenizers.base import load_tokenizer
+        from mio.toyworld.videos import STATE_MIN_FRAMES, STATE_THRESHOLD
         from mio.toyworld.world import WorldConfig
 
         world_cfg = config_lib.load(WorldConfig, self.cfg.world)
@@ -304,6 +305,10 @@ class Demo:
                 speech_tokenizer=str(self.tokenizers / "speech"), layout=self.layout(), overwrite=True,
                 encode=EncodeConfig(asr_template=asr_template, speech_frame_rate=speech.frame_rate,
                                     min_video_frames=world_cfg.min_video_frames, max_video_frames=world_cfg.max_video_frames),
+                # One frame per state: an even pick over states of several frames each repeats
+                # some states and not others, an irregular count no caption can tell.
+                video_frame_selection="keyframes", keyframe_threshold=STATE_THRESHOLD,
+                keyframe_min_frames=STATE_MIN_FRAMES,
             )
 
         main_cfg = config("main", {**pretrain, "sft": sft}, "asr")

@@ -51,7 +51,7 @@ from mio.prompts import ANSWER_MARKER, BASE_TEMPLATES, ICL_ANSWER, base_prompt
 from mio.segments import Image, Message, Segment, Speech, Text, Video
 from mio.toyworld.scenes import render
 from mio.toyworld.tasks import clip_from_json, scene_from_json
-from mio.toyworld.videos import scene_change
+from mio.toyworld.videos import scene_change, state_detector
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,9 @@ def _load_media(ref: MediaRef, image_size: int) -> Segment:
         return Speech(wave=wave, sample_rate=rate)
     from mio.media.video import read_video, select_frames
 
-    # The frames SFT saw: `mio prepare` picks max_video_frames evenly for chat videos.
-    frames = select_frames(read_video(ref.paths[0]), EncodeConfig().max_video_frames, image_size)
+    # The frames SFT saw: the demo's `mio prepare` keeps one keyframe per state of a chat video.
+    frames = select_frames(read_video(ref.paths[0]), EncodeConfig().max_video_frames, image_size, "keyframes",
+                           state_detector())
     return Video(frames=[Image(image=f) for f in frames])
 
 

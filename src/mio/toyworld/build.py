@@ -53,7 +53,7 @@ from mio.toyworld.scenes import COLORS, GRID, SHAPES, SIZES, Scene, caption, ren
 from mio.toyworld.speech_synth import DEFAULT_SAMPLE_RATE, Voice, synthesize
 from mio.toyworld.tasks import Context, I, S, T, V
 from mio.toyworld.text import SPACE_SIZES
-from mio.toyworld.videos import Clip, describe_clip, narrate, scene_change, write_clip
+from mio.toyworld.videos import Clip, describe_clip, narrate, scene_change, state_detector, write_clip
 from mio.toyworld.world import (
     HeldOut,
     WorldConfig,
@@ -73,11 +73,6 @@ MEDIA_DIR = "media"
 MEDIA_PREFIX = f"../{MEDIA_DIR}"
 HASH_CHARS = 16
 JOBS_PER_CHUNK = 16
-# Scene detection for keyframes: a toyworld change (one small object recoloured) moves the
-# content score by only a few units, far below the detector's default; measured on clips
-# read back from MP4, 1.0 finds every state change and no false cut.
-KEYFRAME_THRESHOLD = 1.0
-KEYFRAME_MIN_SCENE = 2
 MAX_ITEM_DRAWS = 500
 """Draws of one test item that may repeat earlier items of its suite before the suite's
 reserved space counts as too small."""
@@ -163,15 +158,14 @@ class MediaStore:
         """The clip's MP4 read back and cut into keyframes by scene detection: (frame PNG,
         index of the state it shows) per keyframe, in time order. A dry store notes the clip
         and returns no keyframes."""
-        from mio.media.video import keyframe_indices, make_detector, read_video
+        from mio.media.video import keyframe_indices, read_video
 
         video, _ = self._video_file(clip)
         if self.dry:
             return []
         decoded = read_video(video)
-        detector = make_detector("content", KEYFRAME_THRESHOLD, KEYFRAME_MIN_SCENE)
         frames = []
-        for index in keyframe_indices(decoded, self.cfg.max_video_frames, detector):
+        for index in keyframe_indices(decoded, self.cfg.max_video_frames, state_detector()):
             path, rel = self._paths("frame", f"{video.stem}-{index}", "png")
             picture = Image.fromarray(decoded.frames[index]).resize((self.cfg.image_size,) * 2, Image.Resampling.BICUBIC)
             state = min(len(clip.states) - 1, index // self.cfg.frame_repeat)

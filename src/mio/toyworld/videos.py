@@ -18,12 +18,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from mio.media.video import write_mp4
+from mio.media.video import make_detector, write_mp4
 from mio.toyworld.scenes import COLORS, GRID, SHAPES, SIZES, Scene, SceneObject, caption, render
 
 # MP4 frames are drawn this many times larger than the frame size: H.264 at 64 px blurs
 # low-contrast shapes (yellow, orange on a light background) enough to misread them.
 VIDEO_SCALE = 4
+# Scene detection that finds each state of a clip: a change (one small object recoloured) moves
+# the content score by only a few units, far below the detector's default; measured on clips
+# read back from MP4, 1.0 finds every state change and no false cut. A state lasts >= 2 frames.
+STATE_THRESHOLD = 1.0
+STATE_MIN_FRAMES = 2
 KINDS = ("move", "grow", "shrink", "recolor", "appear", "disappear")
 NONE, OTHER = "none", "other"
 """Kinds `scene_change` returns when nothing changed, or more than one edit did."""
@@ -214,3 +219,9 @@ def write_clip(clip: Clip, path: str | Path, image_size: int, repeat: int, fps: 
     times larger than `image_size` (readers resize frames back to `image_size`)."""
     frames = render_clip(clip, image_size * scale)
     return write_mp4([f for f in frames for _ in range(repeat)], path, fps=fps)
+
+
+def state_detector():
+    """A scene detector that cuts a toyworld clip read back from MP4 into its states (one
+    keyframe per state), for `mio.media.video.keyframe_indices`."""
+    return make_detector("content", STATE_THRESHOLD, STATE_MIN_FRAMES)
