@@ -1,5 +1,5 @@
 """Shared fixtures and helpers: a tiny text tokenizer with a small media layout, its Vocab,
-a tiny untrained run directory, and one torch thread for tiny models."""
+a tiny untrained run directory, the tiny toyworld, and one torch thread for tiny models."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from mio.config import load
 from mio.model import ModelConfig, build_model
 from mio.tokenizers.image import EmbeddedImageTokenizer, ImageTokenizerConfig
 from mio.tokenizers.speech import EmbeddedSpeechTokenizer, SpeechTokenizerConfig
 from mio.tokenizers.text import build_text_tokenizer
+from mio.toyworld import build
+from mio.toyworld.world import WorldConfig
 from mio.vocab import Vocab, VocabLayout
 
 CORPUS = [
@@ -22,6 +25,8 @@ CORPUS = [
     "Please generate an image of a small yellow star",
     "user assistant system what colour is the shape? 1 2 3 4 5 6 7 8 9 0",
 ] * 20
+
+TINY_WORLD = Path(__file__).resolve().parents[1] / "configs" / "toyworld" / "tiny.toml"
 
 SMALL_LAYOUT = VocabLayout(image_codebook_size=64, tokens_per_image=8, speech_codebook_size=32, speech_layers=4)
 
@@ -34,6 +39,14 @@ def text_tokenizer():
 @pytest.fixture(scope="session")
 def vocab(text_tokenizer):
     return Vocab(text_tokenizer, SMALL_LAYOUT)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """The tiny toyworld (`configs/toyworld/tiny.toml`), built once; tests only read it."""
+    out = tmp_path_factory.mktemp("world")
+    build.build(load(WorldConfig, TINY_WORLD), out)
+    return out
 
 
 @pytest.fixture

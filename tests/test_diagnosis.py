@@ -13,29 +13,23 @@ import pytest
 import torch
 
 from conftest import SMALL_LAYOUT, make_run_dir
-from mio.config import load
 from mio.data.encode import Sample, encode_sample
 from mio.demo import report
 from mio.eval import diagnosis
 from mio.segments import Image, Message, Speech, Text
-from mio.toyworld import build
 from mio.toyworld.scenes import Scene, SceneObject, render
 from mio.toyworld.speech_synth import voice_pool
 from mio.toyworld.tasks import scene_to_json
-from mio.toyworld.world import WorldConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "toyworld" / "tiny.toml"
 ITEMS = 2
 SPEECH_FRAMES = 5
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    build.build(load(WorldConfig, TINY), out)
-    return out
+def world(tiny_world) -> Path:
+    return tiny_world
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import SMALL_LAYOUT, make_run_dir
+from conftest import SMALL_LAYOUT, TINY_WORLD, make_run_dir
 from mio.cli.main import main
 from mio.config import load
 from mio.eval import harness, suites
@@ -19,20 +19,16 @@ from mio.eval.baselines import SUITE_BASELINES
 from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
 from mio.judges import speech as speech_judge
 from mio.segments import Text
-from mio.toyworld import build
 from mio.toyworld.world import WorldConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "toyworld" / "tiny.toml"
 SPEAKING = ("tts", "speech_generation", "speech_to_speech")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    build.build(load(WorldConfig, TINY), out)
-    return out
+def world(tiny_world) -> Path:
+    return tiny_world
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +95,7 @@ def test_reference_answers_get_full_marks(world, fake_whisper):
     assert set(ORACLE_SCORES) | set(SPEAKING) == set(SUITES)
     for name, expected in ORACLE_SCORES.items():
         scores = run_suite(name, runner, world)
-        assert scores["n"] == load(WorldConfig, TINY).eval_per_suite
+        assert scores["n"] == load(WorldConfig, TINY_WORLD).eval_per_suite
         for metric, value in expected.items():
             assert scores[metric] == pytest.approx(value, abs=1e-6), (name, metric, scores)
     for name in SPEAKING:  # the stand-in judge hears the same for reference and reply

@@ -56,6 +56,8 @@ ASSISTANT_VOICE = 25
 default codec keeps intelligible."""
 SPEECH_WER_SLACK = 1.2
 """A spoken reply may be heard this much worse than the codec's own reconstruction."""
+MIN_SPEECH_ANSWERS = 5 / 8
+"""Spoken answers the judge must hear right in the codec's reconstructions of the taught audio."""
 SPEECH_WER_FLOOR = 0.05
 """...plus this much, so that a reconstruction heard perfectly does not demand perfection."""
 TRAIN = {"hidden_size": 128, "num_layers": 2, "lr": 3e-3, "batch_size": 4, "steps": 500, "context_length": 1024}
@@ -158,7 +160,6 @@ def test_taught_mcq_letters_come_back(taught):
     assert scores["accuracy"] == 1.0 and scores["n"] == TAUGHT
 
 
-@pytest.mark.slow  # ~5 minutes of Whisper transcriptions; speech_to_speech's answer check fails (issue 21)
 @pytest.mark.parametrize("suite", SPEECH_SUITES)
 def test_taught_speech_comes_back(taught, suite):
     if not speech_judge.available():
@@ -168,6 +169,9 @@ def test_taught_speech_comes_back(taught, suite):
     assert scores["has_speech"] == 1.0
     ceiling = scores["judge_wer_tokenizer"]
     assert scores["wer"] <= SPEECH_WER_SLACK * ceiling + SPEECH_WER_FLOOR, json.dumps(scores, default=str)
-    if "answer_accuracy" in scores:  # the answer heard in the codec's reconstruction, and in the reply
-        assert scores["answer_accuracy_tokenizer"] >= MIN_EXACT, json.dumps(scores, default=str)
+    if "answer_accuracy" in scores:
+        # The answers heard in the replies, against those heard in the codec's reconstruction of
+        # the taught audio: the codec itself loses some (2 of these 8 with the shipped codec),
+        # and the ceiling must leave something to compare.
+        assert scores["answer_accuracy_tokenizer"] >= MIN_SPEECH_ANSWERS, json.dumps(scores, default=str)
         assert scores["answer_accuracy"] >= scores["answer_accuracy_tokenizer"] - 1 / TAUGHT, json.dumps(scores, default=str)
