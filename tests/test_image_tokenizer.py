@@ -62,7 +62,8 @@ def test_shipped_configs_parse(name):
 
 def test_default_config_matches_the_embedded_preset():
     cfg = load(ImageTrainConfig, CONFIGS / "image_default.toml").model
-    assert (cfg.image_size, cfg.tokens_per_image) == (64, 32)
+    # Three codes per cell of the world's 3x3 grid, the same weights for every cell.
+    assert (cfg.image_size, cfg.tokens_per_image, cfg.query_regions, cfg.share_regions) == (64, 27, (3, 3), True)
     assert 512 <= cfg.codebook_size <= 1024
 
 
@@ -347,6 +348,34 @@ def test_locality_bias_shares_queries_out_over_regions():
     assert regions.tolist() == [r for r, n in enumerate([4] * 5 + [3] * 4) for _ in range(n)]
     with pytest.raises(ValueError, match="query_regions"):
         load(ImageTokenizerConfig, {"tokens_per_image": 4, "query_regions": [3, 3]})
+
+
+def test_shared_regions_give_the_same_content_the_same_codes_in_every_region():
+    # 48 px in 3x3 regions of 8-px patches: 16-px regions, so no resampling blurs the copy.
+    cfg = ImageTokenizerConfig(image_size=48, conv_channels=(4, 8, 8), width=16, heads=2, encoder_layers=1,
+                               qformer_layers=1, decoder_layers=1, tokens_per_image=18, codebook_size=16,
+                               codebook_dim=4, query_regions=(3, 3), share_regions=True)
+    model = ImageTokenizerModel(cfg).eval()
+    pixels = torch.full((2, 3, 48, 48), -1.0)
+    patch = torch.rand(3, 16, 16) * 2 - 1
+    pixels[0, :, 0:16, 0:16] = patch  # region 0 of the first image
+    pixels[1, :, 16:32, 32:48] = patch  # region 5 of the second
+    with torch.no_grad():
+        features = model.encode_features(pixels)
+    assert features.shape == (2, 18, 16)
+    slots = lambda region: slice(2 * region, 2 * region + 2)  # noqa: E731
+    assert torch.allclose(features[0, slots(0)], features[1, slots(5)], atol=1e-5)
+    # A region's codes see only that region: the empty regions of both images agree.
+    for region in (1, 2, 3, 4, 6, 7, 8):
+        assert torch.allclose(features[0, slots(region)], features[1, slots(region)], atol=1e-5)
+    assert not torch.allclose(features[0, slots(0)], features[0, slots(5)], atol=1e-3)
+    # Other image sizes are resampled to whole patches per region; the decoder still draws the image.
+    out = ImageTokenizerModel(dataclasses.replace(cfg, image_size=64))(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert out["codes"].shape == (2, 18) and out["reconstruction"].shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="divisible"):
+        load(ImageTokenizerConfig, {"tokens_per_image": 32, "query_regions": [3, 3], "share_regions": True})
+    with pytest.raises(ValueError, match="square"):
+        load(ImageTokenizerConfig, {"tokens_per_image": 36, "query_regions": [3, 4], "share_regions": True})
 
 
 def test_cell_information_finds_the_cell_a_position_describes():

@@ -87,6 +87,14 @@ class ImageTokenizerConfig:
     (see `locality_bias`); (1, 1): the queries tile the whole image. Matching a known layout
     of the images' content (the toy world's 3x3 grid) gives each region's content its own
     codes."""
+    share_regions: bool = False
+    """Encode every region (`query_regions`) on its own with the same weights: the image is
+    resampled so that regions are whole patches, each region's patches go through the stem,
+    encoder and Q-Former separately, with the same queries. A region's codes then depend on
+    that region's pixels only, and the same content gets the same codes in every region, as
+    a convolutional tokenizer's codes do: a language model learns one mapping from words to
+    codes instead of one per region. Needs `tokens_per_image` divisible by the number of
+    regions. The decoder still reads all codes."""
     codebook_size: int = 1024
     """Number of distinct codes. The paper's SEED tokenizer has 8192."""
     codebook_dim: int = 32
@@ -123,6 +131,11 @@ class ImageTokenizerConfig:
         if self.query_regions[0] * self.query_regions[1] > self.tokens_per_image:
             raise ValueError(f"query_regions {list(self.query_regions)} has more regions than the "
                              f"{self.tokens_per_image} tokens_per_image")
+        if self.share_regions and self.query_regions[0] != self.query_regions[1]:
+            raise ValueError(f"share_regions needs square query_regions, got {list(self.query_regions)}")
+        if self.share_regions and self.tokens_per_image % self.num_regions:
+            raise ValueError(f"share_regions needs tokens_per_image ({self.tokens_per_image}) divisible by the "
+                             f"{self.num_regions} query_regions")
 
     @property
     def patch_size(self) -> int:
@@ -131,6 +144,17 @@ class ImageTokenizerConfig:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_regions(self) -> int:
+        return self.query_regions[0] * self.query_regions[1]
+
+    @property
+    def region_patches(self) -> tuple[int, int]:
+        """Patch rows and columns of one region when `share_regions` encodes regions apart
+        (the image is resampled to whole patches per region)."""
+        side = self.image_size // self.patch_size
+        return math.ceil(side / self.query_regions[0]), math.ceil(side / self.query_regions[1])
 
 
 def _transformer_layer(cfg: ImageTokenizerConfig, cross: bool) -> nn.Module:
@@ -189,16 +213,20 @@ class ImageTokenizerModel(nn.Module):
             stem += [nn.Conv2d(c_in, c, kernel_size=4, stride=2, padding=1), _conv_norm(c), nn.GELU()]
             c_in = c
         self.stem = nn.Sequential(*stem, nn.Conv2d(c_in, w, kernel_size=1))
-        self.patch_pos = nn.Parameter(torch.randn(1, n_patch, w) * 0.02)
+        side = cfg.image_size // cfg.patch_size
+        bias = locality_bias(n_tok, side, cfg.locality, cfg.query_regions)
+        # With shared regions the encoder sees one region at a time: its patches, its queries.
+        rows, cols = cfg.region_patches
+        enc_patches, enc_queries = (rows * cols, n_tok // cfg.num_regions) if cfg.share_regions else (n_patch, n_tok)
+        enc_bias = locality_bias(enc_queries, rows, cfg.locality) if cfg.share_regions else bias
+        self.patch_pos = nn.Parameter(torch.randn(1, enc_patches, w) * 0.02)
         self.encoder = nn.TransformerEncoder(_transformer_layer(cfg, False), cfg.encoder_layers, enable_nested_tensor=False)
         self.encoder_norm = nn.LayerNorm(w)
         # Causal Q-Former.
-        self.queries = nn.Parameter(torch.randn(1, n_tok, w) * 0.02)
+        self.queries = nn.Parameter(torch.randn(1, enc_queries, w) * 0.02)
         self.qformer = nn.TransformerDecoder(_transformer_layer(cfg, True), cfg.qformer_layers)
-        self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(n_tok), persistent=False)
-        side = cfg.image_size // cfg.patch_size
-        bias = locality_bias(n_tok, side, cfg.locality, cfg.query_regions)
-        self.register_buffer("query_bias", bias, persistent=False)  # queries -> patches
+        self.register_buffer("causal_mask", nn.Transformer.generate_square_subsequent_mask(enc_queries), persistent=False)
+        self.register_buffer("query_bias", enc_bias, persistent=False)  # queries -> patches
         self.register_buffer("patch_bias", bias.T.contiguous(), persistent=False)  # patches -> codes
         self.qformer_norm = nn.LayerNorm(w)
         # Vector quantizer in a low-dimensional code space (small codes are used more evenly).
@@ -237,11 +265,26 @@ class ImageTokenizerModel(nn.Module):
 
     def encode_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels -> continuous query outputs [N, tokens_per_image, width] (before VQ)."""
+        n = pixels.shape[0]
+        if self.cfg.share_regions:
+            pixels = self._regions(pixels)
         patches = self.stem(pixels).flatten(2).transpose(1, 2) + self.patch_pos
         memory = self.encoder_norm(self.encoder(patches))
         queries = self.queries.expand(pixels.shape[0], -1, -1)
         out = self.qformer(queries, memory, tgt_mask=self.causal_mask, memory_mask=self.query_bias, tgt_is_causal=True)
-        return self.qformer_norm(out)
+        return self.qformer_norm(out).reshape(n, self.cfg.tokens_per_image, -1)
+
+    def _regions(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, S, S] -> their regions [N * regions, 3, h, w] in raster order, resampled
+        so that every region is whole patches (64 px in 3x3 regions of 8-px patches: 72 px)."""
+        cfg, n = self.cfg, pixels.shape[0]
+        (region_rows, region_cols), (rows, cols) = cfg.query_regions, cfg.region_patches
+        h, w = rows * cfg.patch_size, cols * cfg.patch_size
+        size = (region_rows * h, region_cols * w)
+        if tuple(pixels.shape[-2:]) != size:
+            pixels = nn.functional.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+        pixels = pixels.reshape(n, 3, region_rows, h, region_cols, w).permute(0, 2, 4, 1, 3, 5)
+        return pixels.reshape(n * region_rows * region_cols, 3, h, w)
 
     def quantize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Features -> (quantized code vectors [N, L, codebook_dim], codes [N, L], commitment loss)."""
