@@ -35,7 +35,7 @@ from mio.model import ModelConfig
 from mio.segments import Image, Video
 from mio.tokenizers.base import load_tokenizer
 from mio.toyworld.build import build
-from mio.toyworld.videos import STATE_MIN_FRAMES, STATE_THRESHOLD
+from mio.toyworld.videos import PREPARE_FRAMES
 from mio.toyworld.world import EVAL_SUITE_NAMES, WorldConfig
 from mio.train.loop import OptimConfig, Stage, TrainConfig
 from mio.train.text_tokenizer import TextTokenizerConfig
@@ -118,8 +118,7 @@ def taught(tmp_path_factory):
     prepare(PrepareConfig(output_dir=str(out / "shards"), text_tokenizer=str(out / "text"), typed_manifests={"sft": manifests},
                           image_tokenizer=str(TOKENIZERS / "image"), speech_tokenizer=str(TOKENIZERS / "speech"),
                           layout=layout, encode=EncodeConfig(speech_frame_rate=speech.frame_rate),
-                          video_frame_selection="keyframes", keyframe_threshold=STATE_THRESHOLD,
-                          keyframe_min_frames=STATE_MIN_FRAMES), image, speech)
+                          **PREPARE_FRAMES), image, speech)
     cfg = TrainConfig(
         name="sft", out_dir=str(out / "sft"), text_tokenizer=str(out / "text"), layout=layout,
         data=MixtureConfig(sources={"sft": str(out / "shards" / "sft")}, ratios={"sft": 1}),

@@ -137,9 +137,12 @@ def test_bf16_autocast_tracks_fp32(tmp_path, data_dir):
 def test_stages_chain_from_one_checkpoint_to_the_next(tmp_path, data_dir):
     a = write_config(tmp_path / "a.toml", data_dir, tmp_path / "a", steps=4)
     b = write_config(tmp_path / "b.toml", data_dir, tmp_path / "b", steps=2, name="stage2")
+    b.write_text(b.read_text().replace("hidden_size = 48", "hidden_size = 256"))  # ignored: b starts from a
     run_stages([str(a), str(b)])
     meta = json.loads((tmp_path / "b" / "run.json").read_text())
     assert meta["config"]["init_from"] == str(tmp_path / "a")
+    # b records the shape it trained (a's), not the one its config named and init_from overrode
+    assert (meta["config"]["model"]["hidden_size"], meta["config"]["model"]["num_kv_heads"]) == (48, 2)
     # resuming a finished chain skips both stages
     run_stages([str(a), str(b)], resume=True)
 

@@ -27,6 +27,7 @@ initial distribution over old tokens unchanged in expectation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,16 @@ class ModelConfig:
             raise ValueError("hidden_size must be divisible by num_heads")
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be divisible by num_kv_heads")
+
+
+def loaded_shape(cfg: ModelConfig, llama: LlamaConfig) -> ModelConfig:
+    """`cfg` with the backbone shape of a loaded model's `llama` config: a stage that starts
+    from `init_from` records the shape it trains, not the defaults it ignored."""
+    return dataclasses.replace(
+        cfg, hidden_size=llama.hidden_size, num_layers=llama.num_hidden_layers, num_heads=llama.num_attention_heads,
+        num_kv_heads=llama.num_key_value_heads, intermediate_size=llama.intermediate_size,
+        max_position_embeddings=llama.max_position_embeddings, rope_theta=llama.rope_parameters["rope_theta"],
+        tie_word_embeddings=llama.tie_word_embeddings)
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> LlamaForCausalLM:

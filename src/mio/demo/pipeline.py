@@ -289,7 +289,7 @@ class Demo:
         from mio.data.encode import EncodeConfig
         from mio.data.prepare import PrepareConfig, prepare
         from mio.tokenizers.base import load_tokenizer
-        from mio.toyworld.videos import STATE_MIN_FRAMES, STATE_THRESHOLD
+        from mio.toyworld.videos import PREPARE_FRAMES
         from mio.toyworld.world import WorldConfig
 
         world_cfg = config_lib.load(WorldConfig, self.cfg.world)
@@ -305,10 +305,7 @@ class Demo:
                 speech_tokenizer=str(self.tokenizers / "speech"), layout=self.layout(), overwrite=True,
                 encode=EncodeConfig(asr_template=asr_template, speech_frame_rate=speech.frame_rate,
                                     min_video_frames=world_cfg.min_video_frames, max_video_frames=world_cfg.max_video_frames),
-                # One frame per state: an even pick over states of several frames each repeats
-                # some states and not others, an irregular count no caption can tell.
-                video_frame_selection="keyframes", keyframe_threshold=STATE_THRESHOLD,
-                keyframe_min_frames=STATE_MIN_FRAMES,
+                **PREPARE_FRAMES,
             )
 
         main_cfg = config("main", {**pretrain, "sft": sft}, "asr")
@@ -327,8 +324,9 @@ class Demo:
         cfg = self._stage_config(self.cfg.stages[index], self.layout())
         if not cfg.init_from and index > 0:
             cfg.init_from = str(self.run_dir(self.stage_names[index - 1]))
+        stage = Stage(cfg, resume=True)  # fills in the model shape a stage after the first inherits
         config_lib.save(cfg, self.configs / f"{cfg.name}.toml")
-        final = Stage(cfg, resume=True).run()
+        final = stage.run()
         run = json.loads((Path(cfg.out_dir) / RUN_FILE).read_text())
         return {"final_loss": final.get("loss"), "data_shares": run.get("data_shares")}
 

@@ -29,6 +29,11 @@ VIDEO_SCALE = 4
 # read back from MP4, 1.0 finds every state change and no false cut. A state lasts >= 2 frames.
 STATE_THRESHOLD = 1.0
 STATE_MIN_FRAMES = 2
+# `mio prepare`'s frame selection (`mio.data.prepare.PrepareConfig` fields) for the world's
+# videos: one keyframe per state. An even pick over states of several frames each repeats
+# some states and not others, an irregular count no caption can tell.
+PREPARE_FRAMES = {"video_frame_selection": "keyframes", "keyframe_threshold": STATE_THRESHOLD,
+                  "keyframe_min_frames": STATE_MIN_FRAMES}
 KINDS = ("move", "grow", "shrink", "recolor", "appear", "disappear")
 NONE, OTHER = "none", "other"
 """Kinds `scene_change` returns when nothing changed, or more than one edit did."""

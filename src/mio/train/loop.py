@@ -36,7 +36,7 @@ from mio import config as config_lib
 from mio.data.mixture import Mixture, MixtureConfig
 from mio.data.packing import IGNORE, PackedBatch, Packer
 from mio.data.shards import open_dataset
-from mio.model import ModelConfig, build_model, count_parameters, token_losses
+from mio.model import ModelConfig, build_model, count_parameters, loaded_shape, token_losses
 from mio.tokenizers.text import load_text_tokenizer
 from mio.train import checkpoint, distributed
 from mio.train.schedule import cosine_schedule
@@ -170,6 +170,7 @@ class Stage:
             self.model = AutoModelForCausalLM.from_pretrained(cfg.init_from, attn_implementation=cfg.model.attn_implementation)
             if self.model.get_input_embeddings().weight.shape[0] != self.vocab.size:
                 raise ValueError(f"{cfg.init_from} has a different vocabulary size than {cfg.text_tokenizer}")
+            cfg.model = loaded_shape(cfg.model, self.model.config)
         else:
             self.model = build_model(cfg.model, self.vocab.size)
         self.model.to(self.device)
