@@ -39,6 +39,7 @@ from mio.train.image_tokenizer import (
     reconstruction_losses,
     reconstruction_quality,
     render_scene_set,
+    slot_attribute_targets,
     train,
     train_from_config,
 )
@@ -54,7 +55,7 @@ def trained(tmp_path_factory):
     return out, metrics
 
 
-@pytest.mark.parametrize("name", ["image_tiny.toml", "image_default.toml", "image_long.toml", "image_xl.toml"])
+@pytest.mark.parametrize("name", ["image_tiny.toml", "image_default.toml", "image_vq.toml"])
 def test_shipped_configs_parse(name):
     cfg = load(ImageTrainConfig, CONFIGS / name)
     assert cfg.model.image_size % cfg.model.patch_size == 0
@@ -62,9 +63,10 @@ def test_shipped_configs_parse(name):
 
 def test_default_config_matches_the_embedded_preset():
     cfg = load(ImageTrainConfig, CONFIGS / "image_default.toml").model
-    # Three codes per cell of the world's 3x3 grid, the same weights for every cell.
+    # Three codes per cell of the world's 3x3 grid, the same weights for every cell, naming
+    # size, colour and shape.
     assert (cfg.image_size, cfg.tokens_per_image, cfg.query_regions, cfg.share_regions) == (64, 27, (3, 3), True)
-    assert 512 <= cfg.codebook_size <= 1024
+    assert (cfg.codebook_size, cfg.slot_codebooks) == (15, (3, 7, 5))
 
 
 def test_config_rejects_bad_values():
@@ -394,3 +396,50 @@ def test_cell_information_finds_the_cell_a_position_describes():
     assert info["cell_information_per_position"][0] > 5 * info["cell_information_per_position"][1]
     assert 0.9 < info["cell_information_share"] <= 1
 
+
+
+def _slot_config(**overrides) -> ImageTrainConfig:
+    """A test-sized tokenizer whose three codes per cell name size, colour and shape."""
+    model = {"image_size": 48, "conv_channels": [8, 16, 16], "width": 32, "heads": 2, "encoder_layers": 1,
+             "qformer_layers": 1, "decoder_layers": 1, "tokens_per_image": 27, "query_regions": [3, 3],
+             "share_regions": True, "codebook_size": 15, "slot_codebooks": [3, 7, 5], "codebook_dim": 8}
+    return load(ImageTrainConfig, {"scenes": 256, "val_images": 16, "steps": 300, "batch_size": 16, "lr": 3e-3,
+                                   "continuous_steps": 0, "warmup_steps": 10, "canonical_target": True,
+                                   "slot_attributes": ["size", "color", "shape"], "log_every": 100,
+                                   "model": model, **overrides})
+
+
+def test_slot_codebooks_make_each_code_one_attribute_of_its_cell():
+    cfg = _slot_config()
+    tok = train(cfg, render_scene_set(cfg.scenes, seed=3, image_size=48))
+    held_out = sample_scenes(32, seed=99)
+    codes = tok.encode([render(s, 48) for s in held_out]).view(32, GRID * GRID, 3)
+    # Slot k's codes come from its own range: size 0-2, colour 3-9, shape 10-14.
+    offsets = torch.tensor([0, 3, 10])
+    expected = slot_attribute_targets(held_out, cfg.slot_attributes) + offsets
+    assert (codes - offsets).min() >= 0 and ((codes - offsets) < torch.tensor([3, 7, 5])).all()
+    # Code 0 of a slot is an empty cell, code 1 + i the attribute's i-th value, on unseen scenes.
+    assert (codes == expected).double().mean() > 0.9
+    # Any code decodes in any position (a model may write a colour where a shape goes).
+    images = tok.decode(torch.randint(0, 15, (2, 27)))
+    assert [im.size for im in images] == [(48, 48)] * 2
+    model = tok.model
+    with torch.no_grad():
+        quantized, _, _ = model.quantize(model.encode_features(images_to_tensor([render(held_out[0], 48)], 48)))
+        assert torch.allclose(model.embed_codes(codes[:1].flatten(1)), quantized)
+
+
+def test_slot_options_are_checked():
+    with pytest.raises(ConfigError, match="add up to"):
+        load(ImageTokenizerConfig, {"tokens_per_image": 27, "query_regions": [3, 3], "share_regions": True,
+                                    "codebook_size": 16, "slot_codebooks": [3, 7, 5]})
+    with pytest.raises(ConfigError, match="share_regions"):
+        load(ImageTokenizerConfig, {"tokens_per_image": 27, "codebook_size": 15, "slot_codebooks": [3, 7, 5]})
+    with pytest.raises(ConfigError, match=r"slot_codebooks = \[3, 5, 7\]"):
+        _slot_config(slot_attributes=["size", "shape", "color"])
+    with pytest.raises(ConfigError, match="unknown slot_attributes"):
+        _slot_config(slot_attributes=["size", "color", "texture"])
+    with pytest.raises(ConfigError, match="invariance_weight"):
+        _slot_config(invariance_weight=1.0)
+    with pytest.raises(ConfigError, match="procedural scenes"):
+        _slot_config(data="images/")

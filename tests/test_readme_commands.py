@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {
     "mio toyworld configs/toyworld/default.toml": ("default.toml", "tiny.toml"),
     "mio tokenizer train image configs/tokenizer/image_default.toml": ("image_default.toml", "image_tiny.toml"),
-    "mio tokenizer train image configs/tokenizer/image_long.toml": ("image_long.toml", "image_tiny.toml"),
-    "mio tokenizer train image configs/tokenizer/image_xl.toml": ("image_xl.toml", "image_tiny.toml"),
+    "mio tokenizer train image configs/tokenizer/image_vq.toml": ("image_vq.toml", "image_tiny.toml"),
     "mio tokenizer train speech configs/tokenizer/speech_default.toml": ("speech_default.toml", "speech_tiny.toml"),
     "mio bench train": ("--json", "--preset tiny --steps 2 --json"),
     "mio bench generate": ("--json", "--preset tiny --repeats 1 --new-tokens 4 --json"),

@@ -24,6 +24,15 @@ than pixel MSE alone (see `image_train.py` and `configs/tokenizer/image_default.
 The causal Q-Former matters for MIO: code i depends only on queries <= i, so the left-to-
 right order the language model generates codes in is the order they were made in.
 
+For the toy world's scenes the default goes one step further from SEED, towards codes a
+small language model can write from a caption: `share_regions` encodes each cell of the
+scenes' grid alone with the same weights, and `slot_codebooks` gives each of a cell's code
+slots a small codebook of its own whose code a classifier picks (`SlotQuantizer`), trained
+to name one attribute of the cell's object (`slot_attributes` in `mio.train.image_tokenizer`).
+SEED's codes are semantic because they are aligned with CLIP's text space; these are
+semantic because they are the scene's known content. The decoder then draws the canonical
+render of what the codes name. Without `slot_codebooks` codes are vector-quantized.
+
 `EmbeddedImageTokenizer` wraps the model behind the tokenizer protocol
 (`mio.tokenizers.base.ImageTokenizer`) and saves/loads a directory with `config.json`
 (`"type": "mio-image"`) and `model.safetensors`. Training lives in `image_train.py`.
@@ -32,6 +41,7 @@ right order the language model generates codes in is the order they were made in
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -97,6 +107,15 @@ class ImageTokenizerConfig:
     regions. The decoder still reads all codes."""
     codebook_size: int = 1024
     """Number of distinct codes. The paper's SEED tokenizer has 8192."""
+    slot_codebooks: tuple[int, ...] = ()
+    """With `share_regions`: a codebook of its own for each of a region's code slots, of
+    these sizes (one per slot), the codes of slot k numbered after those of slots < k, so
+    that `codebook_size` is their sum; a slot's code is chosen by a classifier
+    (`SlotQuantizer`), not by the vector quantizer. Small codebooks, one per slot, let each
+    slot name one attribute of a region's content (`slot_attributes` in
+    `mio.train.image_tokenizer`), so that codes compose: a language model that wrote "red"
+    for circles writes the same colour code for a triangle. Empty: one vector-quantized
+    codebook for every position."""
     codebook_dim: int = 32
     """Dimension codes are looked up in (features are projected width -> codebook_dim and back)."""
     codebook_decay: float = 0.9
@@ -136,6 +155,15 @@ class ImageTokenizerConfig:
         if self.share_regions and self.tokens_per_image % self.num_regions:
             raise ValueError(f"share_regions needs tokens_per_image ({self.tokens_per_image}) divisible by the "
                              f"{self.num_regions} query_regions")
+        if self.slot_codebooks:
+            if not self.share_regions:
+                raise ValueError("slot_codebooks needs share_regions (slots are the codes of one region)")
+            if len(self.slot_codebooks) != self.tokens_per_image // self.num_regions:
+                raise ValueError(f"slot_codebooks has {len(self.slot_codebooks)} sizes for "
+                                 f"{self.tokens_per_image // self.num_regions} codes per region")
+            if min(self.slot_codebooks) < 1 or sum(self.slot_codebooks) != self.codebook_size:
+                raise ValueError(f"slot_codebooks {list(self.slot_codebooks)} must be positive and add up to "
+                                 f"codebook_size {self.codebook_size}")
 
     @property
     def patch_size(self) -> int:
@@ -198,6 +226,31 @@ def locality_bias(tokens: int, grid: int, width: float, regions: tuple[int, int]
     return -dist2 / (2 * torch.tensor(sigma)[:, None] ** 2)
 
 
+class SlotQuantizer(nn.Module):
+    """A small codebook whose code is chosen by a linear classifier, not by nearest neighbour:
+    code = argmax of the logits, its vector a learned embedding, gradients through the
+    softmax (straight-through). Trained with a class target (`slot_attributes`) each code is
+    one value of an attribute; nearest-neighbour codebooks this small collapsed to a few codes
+    (docs/LOG.md, 2026-12-04)."""
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.classify = nn.Linear(dim, size)
+        self.embedding = nn.Parameter(torch.randn(size, dim))
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.embedding
+
+    def forward(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Vectors [..., D] -> (code vectors [..., D], codes [...], logits [..., size])."""
+        logits = self.classify(vectors)
+        codes = logits.argmax(dim=-1)
+        probs = logits.softmax(dim=-1)
+        hard = nn.functional.one_hot(codes, probs.shape[-1]).to(probs.dtype)
+        return (hard + probs - probs.detach()) @ self.embedding, codes, logits
+
+
 class ImageTokenizerModel(nn.Module):
     """Encoder, causal Q-Former, vector quantizer and pixel decoder (see module docstring).
 
@@ -233,14 +286,14 @@ class ImageTokenizerModel(nn.Module):
         # The projection lives outside the quantizer so that training can bypass quantization
         # during a continuous warm-up and still use the same layers afterwards.
         self.to_code = nn.Linear(w, cfg.codebook_dim)
-        self.quantizer = VectorQuantize(
-            dim=cfg.codebook_dim,
-            codebook_size=cfg.codebook_size,
-            decay=cfg.codebook_decay,
-            commitment_weight=cfg.commitment_weight,
-            kmeans_init=cfg.kmeans_init,
-            threshold_ema_dead_code=cfg.dead_code_threshold,
-        )
+        if cfg.slot_codebooks:
+            self.quantizer = nn.ModuleList(SlotQuantizer(cfg.codebook_dim, size) for size in cfg.slot_codebooks)
+            self.register_buffer("slot_offsets", torch.tensor([0, *itertools.accumulate(cfg.slot_codebooks)][:-1]),
+                                 persistent=False)
+        else:
+            self.quantizer = VectorQuantize(dim=cfg.codebook_dim, codebook_size=cfg.codebook_size,
+                                            decay=cfg.codebook_decay, commitment_weight=cfg.commitment_weight,
+                                            kmeans_init=cfg.kmeans_init, threshold_ema_dead_code=cfg.dead_code_threshold)
         # Pixel decoder: one learned query per patch cross-attends to the codes (which slot a
         # code sits in matters, so codes get a position embedding), then transposed convs.
         self.code_pos = nn.Parameter(torch.randn(1, n_tok, w) * 0.02)
@@ -288,12 +341,40 @@ class ImageTokenizerModel(nn.Module):
 
     def quantize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Features -> (quantized code vectors [N, L, codebook_dim], codes [N, L], commitment loss)."""
-        quantized, codes, commit_loss = self.quantizer(self.to_code(features))
-        return quantized, codes, commit_loss.sum()
+        return self._quantize_vectors(self.to_code(features))
+
+    def _quantize_vectors(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Code-space vectors [N, L, codebook_dim] -> (quantized, codes, commitment loss)."""
+        if isinstance(self.quantizer, VectorQuantize):
+            quantized, codes, commit_loss = self.quantizer(vectors)
+            return quantized, codes, commit_loss.sum()
+        quantized, codes, _ = self.quantize_slots(vectors)
+        return quantized, codes, vectors.new_zeros(())
+
+    def quantize_slots(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """With `slot_codebooks`: code-space vectors [N, L, D] -> (quantized [N, L, D], codes
+        [N, L] numbered across slots, each slot's logits [N, regions, slot codebook size])."""
+        slots = vectors.unflatten(1, (-1, len(self.quantizer)))  # [N, regions, slots, D]
+        outs = [q(slots[:, :, k]) for k, q in enumerate(self.quantizer)]
+        quantized = torch.stack([o[0] for o in outs], dim=2).flatten(1, 2)
+        codes = torch.stack([o[1] + self.slot_offsets[k] for k, o in enumerate(outs)], dim=2).flatten(1, 2)
+        return quantized, codes, [o[2] for o in outs]
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """All code vectors [codebook_size, codebook_dim], in code order (with `slot_codebooks`
+        the slots' codebooks one after another)."""
+        if isinstance(self.quantizer, VectorQuantize):
+            return self.quantizer.codebook
+        return torch.cat([q.codebook for q in self.quantizer])
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [N, L] -> code vectors [N, L, codebook_dim] (what `quantize` returns for them)."""
-        return self.quantizer.get_output_from_indices(codes)
+        """Codes [N, L] -> code vectors [N, L, codebook_dim] (what `quantize` returns for them).
+        With `slot_codebooks` a code is looked up in the codebook it belongs to, whichever
+        slot it sits in."""
+        if isinstance(self.quantizer, VectorQuantize):
+            return self.quantizer.get_output_from_indices(codes)
+        return self.codebook[codes]
 
     def decoder_outputs(self, quantized: torch.Tensor) -> torch.Tensor:
         """Code vectors [N, L, codebook_dim] -> the decoder's maps [N, 7, H, W]: foreground
@@ -335,11 +416,18 @@ class ImageTokenizerModel(nn.Module):
         if not quantize:
             reconstruction, matte_logits = self.decode_with_matte(prequantized)
             return {"reconstruction": reconstruction, "matte_logits": matte_logits, "codes": None,
-                    "prequantized": prequantized, "quantized": prequantized, "commit_loss": prequantized.new_zeros(())}
-        quantized, codes, commit_loss = self.quantizer(prequantized)
+                    "prequantized": prequantized, "quantized": prequantized, "commit_loss": prequantized.new_zeros(()),
+                    "slot_logits": None}
+        slot_logits = None
+        if isinstance(self.quantizer, VectorQuantize):
+            quantized, codes, commit_loss = self._quantize_vectors(prequantized)
+        else:
+            quantized, codes, slot_logits = self.quantize_slots(prequantized)
+            commit_loss = prequantized.new_zeros(())
         reconstruction, matte_logits = self.decode_with_matte(quantized)
         return {"reconstruction": reconstruction, "matte_logits": matte_logits, "codes": codes,
-                "prequantized": prequantized, "quantized": quantized, "commit_loss": commit_loss.sum()}
+                "prequantized": prequantized, "quantized": quantized, "commit_loss": commit_loss,
+                "slot_logits": slot_logits}
 
 
 def images_to_tensor(images: list[PILImage.Image], image_size: int) -> torch.Tensor:

@@ -16,12 +16,14 @@ encoder's codes (`finetune_decoder`), so that it learns to draw the exact codes 
 given rather than the moving targets of joint training.
 
 A language model has to write these codes from a caption, which names each object and
-nothing else. On procedural scenes two options keep the codes to what a caption says:
+nothing else. On procedural scenes three options keep the codes to what a caption says:
 `canonical_target` trains the decoder to draw each scene's canonical render (fixed
 background, no jitter; `mio.toyworld.scenes.canonical`) whatever tint and jitter its input
-has, and `invariance_weight` pulls an input's code-space features towards the code its
-canonical render gets, so that the codes themselves, not only the decoded pixels, drop the
-nuisance.
+has; `invariance_weight` pulls an input's code-space features towards the code its
+canonical render gets, so that vector-quantized codes themselves, not only the decoded
+pixels, drop the nuisance; and `slot_attributes` (with the model's `slot_codebooks`)
+trains each code slot of a grid cell to name one attribute of the cell's object, so that
+codes compose the way the caption's words do.
 
 Data is a folder of images, a JSONL manifest (`{"image": path, "caption": str}` per line,
 paths relative to the manifest), or, with no data path, freshly rendered procedural scenes
@@ -111,7 +113,8 @@ class ImageTrainConfig:
     features that already tell images apart."""
     kmeans_images: int = 1024
     """Training images whose features initialise the codebook by k-means when quantization
-    starts (one batch holds fewer vectors than there are codes); 0: the first quantized batch."""
+    starts (one batch holds fewer vectors than there are codes); 0: the first quantized batch.
+    Not used with `model.slot_codebooks`, whose codes are chosen by classifiers."""
     decoder_steps: int = 0
     """Steps after `steps` that train only the pixel decoder on the frozen encoder's codes
     (codebook fixed), so it learns to draw exactly the codes it will be given; these steps
@@ -148,6 +151,17 @@ class ImageTrainConfig:
     update; see `canonical_codes`), so that a scene's codes do not depend on its nuisance
     (0: off). It starts with quantization: pulling renders together in a fresh encoder,
     whose features barely differ between images, collapses them all. Needs procedural scenes."""
+    slot_attributes: tuple[str, ...] = ()
+    """With `model.slot_codebooks` over the scenes' grid: the attribute of its cell's object
+    ("shape", "color" or "size") that code slot k of every cell names. Slot k's codebook has
+    code 0 for an empty cell and one code per value of its attribute, and its classifier is
+    trained with cross-entropy to pick the code of the cell's content. Each slot's code then
+    *is* that attribute: a caption's words map to codes one by one, so a colour-shape
+    combination never drawn in training is still a combination of codes written before. This
+    is SEED's semantic codes at toy scale: there CLIP supplies the meaning, here the scenes'
+    known content. Empty: off. Needs procedural scenes."""
+    slot_attribute_weight: float = 1.0
+    """Weight of the slot classifiers' cross-entropy (mean over cells and slots)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Refuse image files with more pixels than this."""
     log_every: int = 50
@@ -169,6 +183,26 @@ class ImageTrainConfig:
         if self.data and (self.canonical_target or self.invariance_weight):
             raise ValueError(f"canonical_target and invariance_weight need procedural scenes (data empty); "
                              f"the images in {self.data} have no canonical render")
+        if self.slot_attributes:
+            m = self.model
+            if self.data:
+                raise ValueError(f"slot_attributes needs procedural scenes (data empty); the images in {self.data} "
+                                 "have no known objects")
+            if not m.slot_codebooks or tuple(m.query_regions) != (GRID, GRID):
+                raise ValueError(f"slot_attributes needs model.slot_codebooks over the scenes' {GRID}x{GRID} grid "
+                                 f"(query_regions = [{GRID}, {GRID}])")
+            unknown = sorted(set(self.slot_attributes) - set(ATTRIBUTE_VALUES))
+            if unknown:
+                raise ValueError(f"unknown slot_attributes {unknown}; known: {sorted(ATTRIBUTE_VALUES)}")
+            sizes = [1 + len(ATTRIBUTE_VALUES[a]) for a in self.slot_attributes]
+            if sizes != list(m.slot_codebooks):
+                raise ValueError(f"slot_attributes {list(self.slot_attributes)} need model.slot_codebooks = {sizes} "
+                                 f"(each attribute's values and one for an empty cell), got {list(m.slot_codebooks)}")
+        if self.slot_attribute_weight < 0:
+            raise ValueError("slot_attribute_weight must be >= 0")
+        if self.model.slot_codebooks and self.invariance_weight:
+            raise ValueError("invariance_weight needs vector-quantized codes; with model.slot_codebooks codes are "
+                             "classes (train them with slot_attributes to make them ignore the nuisance)")
 
 
 @dataclass
@@ -239,6 +273,28 @@ def caption_targets(captions: list[str | None]) -> tuple[list[str], torch.Tensor
             targets[row, index[w]] = 1.0
     has_caption = torch.tensor([bool(c) for c in captions])
     return words, targets, has_caption
+
+
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES}
+"""The values of each object attribute a code slot can be trained to name (`slot_attributes`)."""
+
+
+def slot_attribute_targets(scenes: list[Scene], attributes: tuple[str, ...]) -> torch.Tensor:
+    """Class targets [N, cells, slots]: for slot k of each grid cell, 0 if the cell is empty,
+    else 1 + the index of the cell's object's value of `attributes[k]`."""
+    targets = torch.zeros(len(scenes), GRID * GRID, len(attributes), dtype=torch.long)
+    for row, scene in enumerate(scenes):
+        for o in scene.objects:
+            for k, name in enumerate(attributes):
+                targets[row, o.row * GRID + o.col, k] = 1 + ATTRIBUTE_VALUES[name].index(getattr(o, name))
+    return targets
+
+
+def slot_attribute_loss(slot_logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each slot's classifier logits [N, cells, size] against the class
+    targets [N, cells, slots] (`slot_attribute_targets`)."""
+    return torch.stack([F.cross_entropy(logits.flatten(0, 1), targets[:, :, k].flatten())
+                        for k, logits in enumerate(slot_logits)]).mean()
 
 
 def canonical_renders(scenes: list[Scene], image_size: int) -> torch.Tensor:
@@ -316,6 +372,11 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
     head = None
     if use_captions:
         head = CaptionHead(cfg.model.tokens_per_image, cfg.model.codebook_dim, cfg.caption_hidden, len(words)).to(device)
+    slot_targets = None
+    if cfg.slot_attributes:
+        if train_set.scenes is None:
+            raise ValueError("slot_attributes needs a training set of procedural scenes")
+        slot_targets = slot_attribute_targets(train_set.scenes, cfg.slot_attributes)
     params = list(model.parameters()) + (list(head.parameters()) if head else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.steps, LR_FLOOR)
@@ -329,7 +390,7 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
         idx = torch.randint(len(pixels), (cfg.batch_size,), generator=generator)
         batch = pixels[idx].to(device)
         quantizing = step >= cfg.continuous_steps
-        if step == cfg.continuous_steps and cfg.kmeans_images:
+        if step == cfg.continuous_steps and cfg.kmeans_images and not cfg.model.slot_codebooks:
             _init_codebook(model, pixels[torch.randperm(len(pixels), generator=generator)[: cfg.kmeans_images]], device)
         out = model(batch, quantize=quantizing)
         recon, matte = reconstruction_losses(out["reconstruction"], out["matte_logits"], target_pixels[idx].to(device), cfg)
@@ -346,13 +407,18 @@ def train(cfg: ImageTrainConfig, train_set: ImageSet) -> EmbeddedImageTokenizer:
                 logits = head(out["quantized"][mask])
                 caption_loss = F.binary_cross_entropy_with_logits(logits, targets[idx][has_caption[idx]].to(device))
                 loss = loss + cfg.caption_weight * caption_loss
+        slot_loss = torch.zeros((), device=device)
+        if slot_targets is not None and out["slot_logits"] is not None:
+            slot_loss = slot_attribute_loss(out["slot_logits"], slot_targets[idx].to(device))
+            loss = loss + cfg.slot_attribute_weight * slot_loss
         _update(loss, optimizer, scheduler, params, cfg.grad_clip)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             used = out["codes"].unique().numel() if quantizing else 0
             progress.set_postfix(recon=f"{recon.item():.4f}", codes=used)
-            log.info("step %d/%d  recon %.4f  matte %.4f  commit %.4f  caption %.4f  invariance %.4f  codes in batch %d  (%s)",
-                     step + 1, cfg.steps, recon.item(), matte.item(), out["commit_loss"].item(), caption_loss.item(),
-                     invariance.item(), used, progress.format_interval(progress.format_dict["elapsed"]))
+            log.info("step %d/%d  recon %.4f  matte %.4f  commit %.4f  caption %.4f  invariance %.4f  slots %.4f  "
+                     "codes in batch %d  (%s)", step + 1, cfg.steps, recon.item(), matte.item(),
+                     out["commit_loss"].item(), caption_loss.item(), invariance.item(), slot_loss.item(), used,
+                     progress.format_interval(progress.format_dict["elapsed"]))
     if cfg.decoder_steps:
         finetune_decoder(model, pixels, cfg, generator, target_pixels)
     model.eval()
