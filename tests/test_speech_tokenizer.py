@@ -21,6 +21,7 @@ from mio.train.speech_tokenizer import (
     SpeechTrainConfig,
     ctc_greedy,
     length_bucketed_batches,
+    shuffled_timbre_offset,
     text_to_labels,
     train_from_config,
 )
@@ -224,3 +225,24 @@ def test_whisper_judge_transcribes(speech):
         pytest.skip(speech_judge.UNAVAILABLE_HINT)
     hyp = speech_judge.transcribe([speech], 16000)
     assert speech_judge.wer(["three red circles on the left"], hyp) <= 0.4
+
+
+def test_timbre_shuffle_reorders_each_timbre_layer_and_keeps_the_content(trained):
+    codec = load_tokenizer(trained[0]).codec
+    codes = torch.randint(0, codec.config.codebook_size, (3, 10, codec.config.num_layers))
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, 6:] = False  # a shorter utterance: its padding is left alone
+    torch.manual_seed(0)
+    offset = shuffled_timbre_offset(codec, codes, mask, share=1.0)
+    layers = codec.rvq.get_codes_from_indices(codes)  # [layers, B, T, D]
+    shuffled = layers.sum(0) + offset
+    assert torch.equal(offset[1, 6:], torch.zeros_like(offset[1, 6:]))
+    for b, valid in ((0, 10), (1, 6)):
+        # Every frame is still the content code plus some timbre frames of the same utterance:
+        # each layer's vectors summed over the valid frames are unchanged (a permutation).
+        assert torch.allclose(shuffled[b, :valid].sum(0), layers.sum(0)[b, :valid].sum(0), atol=1e-4)
+        timbre = shuffled[b, :valid] - layers[0, b, :valid]
+        assert not torch.allclose(timbre, layers[1:].sum(0)[b, :valid])
+    assert torch.equal(shuffled_timbre_offset(codec, codes, mask, share=0.0), torch.zeros_like(offset))
+    with pytest.raises(config_lib.ConfigError, match="timbre_shuffle"):
+        config_lib.load(SpeechTrainConfig, {"timbre_shuffle": 1.5})

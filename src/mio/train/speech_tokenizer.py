@@ -77,6 +77,11 @@ class SpeechTrainConfig:
     """Weight of a per-frame speaker classifier on layer 1 behind gradient reversal, which
     pushes the voice out of layer 1 (0: off). Not in the paper: SpeechTokenizer gets its
     content layer from HuBERT distillation, which CTC alone does not fully replace."""
+    timbre_shuffle: float = 0.0
+    """Share of training utterances whose timbre layers (2-4) the decoder gets shuffled in
+    time, each layer apart, while it must still draw the true audio: the decoder learns to
+    say what layer 1 says when the timbre codes do not follow it, as those a language model
+    writes mostly do not (their held-out loss is near uniform). 0: off."""
     train_utterances: int = 2000
     """Training utterances synthesized at the start."""
     train_voices: int = 64
@@ -94,6 +99,8 @@ class SpeechTrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError on inconsistent values."""
+        if not 0 <= self.timbre_shuffle <= 1:
+            raise ValueError(f"timbre_shuffle must be in [0, 1], got {self.timbre_shuffle}")
         if self.steps < 1 or self.batch_size < 1 or self.bucket_batches < 1 or self.train_utterances < self.batch_size:
             raise ValueError(
                 "steps >= 1, batch_size >= 1, bucket_batches >= 1 and train_utterances >= batch_size are required"
@@ -201,6 +208,20 @@ class SpeakerAdversary(torch.nn.Module):
         return F.cross_entropy(logits[mask], targets[mask])
 
 
+@torch.no_grad()
+def shuffled_timbre_offset(codec: SpeechCodec, codes: torch.Tensor, mask: torch.Tensor, share: float) -> torch.Tensor:
+    """What to add to the quantized latent [B, T, D] of `codes` [B, T, layers] so that, for a
+    random `share` of the utterances, each timbre layer's code vectors come in a random order
+    over the utterance's valid frames (`mask` [B, T]); zero for the others."""
+    layers = codec.rvq.get_codes_from_indices(codes.clamp_min(0))  # [layers, B, T, D]
+    offset = torch.zeros_like(layers[0])
+    for b in torch.nonzero(torch.rand(codes.shape[0]) < share).flatten().tolist():
+        valid = int(mask[b].sum())
+        for timbre in layers[1:]:
+            offset[b, :valid] += timbre[b, torch.randperm(valid)] - timbre[b, :valid]
+    return offset
+
+
 def training_losses(
     codec: SpeechCodec,
     utts: Utterances,
@@ -213,6 +234,8 @@ def training_losses(
     log_mag, log_mel, spectral_mask, code_mask, code_len, labels = _batch(codec, utts, idx)
     latent = codec.encode_latent(log_mel)
     quantized, codes, commit = codec.quantize(latent, mask=code_mask)
+    if cfg.timbre_shuffle > 0:
+        quantized = quantized + shuffled_timbre_offset(codec, codes, code_mask, cfg.timbre_shuffle)
     pred = codec.decode_log_magnitude(quantized)[..., : log_mag.shape[-1]]
     mag_loss = _masked_l1(pred, log_mag, spectral_mask)
     mel_loss = _masked_l1(codec.spec.log_mel(pred.exp()), log_mel, spectral_mask)
