@@ -168,6 +168,18 @@ def test_training_never_generates_heldout_combinations():
     assert 0 < sum(heldout) < 40
 
 
+def test_storytelling_numbers_its_sentences_and_puts_a_number_between_pictures():
+    ctx, _ = _context(test=False)
+    for i in range(10):
+        item = tasks.storytelling(ctx, item_rng(4, i))
+        prompt, reply = item.messages[0]["content"], item.messages[1]["content"]
+        sentences = item.truth["sentences"]
+        assert prompt.endswith(" ".join(f"{k}. {s}" for k, s in enumerate(sentences, 1)))
+        # a number before every picture, so that no two pictures touch (that would be a video)
+        assert [p.get("text", "image").strip() for p in reply] == [x for k in range(1, len(sentences) + 1)
+                                                                    for x in (f"{k}.", "image")]
+
+
 def test_captions_answers_and_reasoning_agree_with_the_scene():
     rng = random.Random(6)
     for _ in range(50):
@@ -317,7 +329,7 @@ def test_control_arms_are_aligned_with_their_suites(tiny_world):
 def test_covt_direct_differs_from_covt_only_by_the_drawing_instruction(tiny_world):
     truths = [json.loads(line) for line in (tiny_world / "eval" / "covt.truth.jsonl").read_text().splitlines()]
     for drawn, direct, truth in zip(_lines(tiny_world, "covt"), _lines(tiny_world, "covt.direct"), truths):
-        (picture, prompt), (picture_direct, prompt_direct) = _user(drawn), _user(direct)
+        (prompt, picture), (prompt_direct, picture_direct) = _user(drawn), _user(direct)
         assert picture == picture_direct and tasks.COVT_DRAW in prompt["text"]
         assert prompt_direct["text"] == prompt["text"].replace(tasks.COVT_DRAW, tasks.COVT_DIRECT)
         assert direct["messages"][1]["content"] == truth["answer"] == drawn["messages"][1]["content"][-1]["text"]
@@ -325,16 +337,25 @@ def test_covt_direct_differs_from_covt_only_by_the_drawing_instruction(tiny_worl
     sft = {task: [json.loads(line) for line in (tiny_world / "sft" / f"{task}.jsonl").read_text().splitlines()]
            for task in ("covt", "covt_direct")}
     for line in sft["covt_direct"]:
-        picture, prompt = _user(line)
+        prompt, picture = _user(line)
         assert prompt["text"].startswith("Imagine this change: ") and tasks.COVT_DRAW not in prompt["text"]
         assert prompt["text"].endswith(tasks.COVT_DIRECT + " using a single word or phrase.")
         assert isinstance(line["messages"][1]["content"], str)
-    sources = {task: {_user(line)[0]["image"] for line in lines} for task, lines in sft.items()}
+    sources = {task: {_user(line)[1]["image"] for line in lines} for task, lines in sft.items()}
     assert not sources["covt"] & sources["covt_direct"]
     ctx, _ = _context(False)
     drawn = {scene_key(s) for s in (ctx.edit(item_rng(3, i), 2, tasks._covt_half(ctx, True))[0] for i in range(50))}
     direct = {scene_key(s) for s in (ctx.edit(item_rng(3, i), 2, tasks._covt_half(ctx, False))[0] for i in range(50))}
     assert not drawn & direct
+
+
+def test_edits_give_the_instruction_before_the_picture(tiny_world):
+    for task in ("image_editing", "covt", "covt_direct"):
+        lines = [json.loads(line) for line in (tiny_world / "sft" / f"{task}.jsonl").read_text().splitlines()]
+        lines += _lines(tiny_world, task.replace("_direct", ".direct"))
+        assert lines
+        for line in lines:
+            assert [next(iter(k for k in ("text", "image") if k in part)) for part in _user(line)] == ["text", "image"]
 
 
 def _shots(line: dict) -> tuple[list[str], list[str]]:

@@ -5,7 +5,8 @@ the pre-training templates (Appendix B, `mio.templates.PRETRAIN_TEMPLATES`) used
 base checkpoints by plain continuation.
 
 `{question}`, `{caption}`, `{text}`, ... are filled by the task; media are placed by the task
-(the prompt text follows the medium in the user turn).
+(the prompt text follows the medium in the user turn, except in edits, where the instruction
+comes first so that each source code sits a fixed distance before its copy).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ INSTRUCTIONS = {
     "video_captioning": "Please describe this video.",
     "video_understanding": "{question}\n" + SHORT_ANSWER,
     "video_generation": "Please generate a video according to the description: {description}",
-    "storytelling": "Please illustrate this story with one picture after each sentence: {story}",
+    "storytelling": "Please draw one picture for each numbered sentence of this story: {story}",
     "covt": "Imagine this change: {instruction} {question}\n"
     "Draw the changed picture first, then answer using a single word or phrase.",
 }

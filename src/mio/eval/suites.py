@@ -60,7 +60,7 @@ SHORT_ANSWER_TOKENS = 16
 CAPTION_TOKENS = 64
 DESCRIPTION_TOKENS = 96
 REASONING_TOKENS = 128
-STORY_SENTENCE_TOKENS = 40
+STORY_NUMBER_TOKENS = 4
 BLOCK_OVERHEAD = 4
 """Block delimiters and the stop token."""
 MAX_SPEECH_SECONDS = 6.0
@@ -464,7 +464,7 @@ def video_generation(r: Runner, items: list[EvalItem]) -> dict:
 def storytelling(r: Runner, items: list[EvalItem]) -> dict:
     _needs_instruct(r, "storytelling")
     steps = max(len(i.truth["states"]) for i in items)
-    budget = r.image_tokens(steps) + steps * STORY_SENTENCE_TOKENS
+    budget = r.image_tokens(steps) + steps * STORY_NUMBER_TOKENS
     replies = r.chat("storytelling", items, output_modalities={"text", "image"}, max_new_tokens=budget)
     exact, whole, consistent, counts = [], [], [], []
     for item, reply in zip(items, replies):

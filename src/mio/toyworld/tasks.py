@@ -496,7 +496,9 @@ def image_generation(ctx: Context, rng: random.Random) -> Item:
 def image_editing(ctx: Context, rng: random.Random) -> Item:
     source, change, target = ctx.edit(rng)
     text = edit_instruction(change)
-    return Item("image_editing", [user(I(ctx.store.image(source)), T(instruction("image_editing", instruction=text))),
+    # The instruction comes before the picture, so source code k and edited code k are always
+    # the same distance apart: the copy an edit mostly is sits at one relative position.
+    return Item("image_editing", [user(T(instruction("image_editing", instruction=text)), I(ctx.store.image(source))),
                                   assistant(I(ctx.store.image(target)))],
                 truth={"scene": scene_to_json(target), "source": scene_to_json(source), "instruction": text})
 
@@ -603,11 +605,16 @@ def story(ctx: Context, rng: random.Random) -> tuple[list[Scene], list[str]]:
 
 
 def storytelling(ctx: Context, rng: random.Random) -> Item:
+    """Illustrate a story: one picture per numbered sentence, each after its number. The reply
+    repeats the numbers, not the sentences: each number finds its sentence in the prompt, the
+    first picture is drawn from a caption as in image generation and each next one a fixed
+    distance after the last, as an edit. (Pictures back to back would be a video.)"""
     states, sentences = story(ctx, rng)
+    story_text = " ".join(f"{k}. {sentence}" for k, sentence in enumerate(sentences, 1))
     reply = []
-    for i, (scene, sentence) in enumerate(zip(states, sentences)):
-        reply += [T(sentence if i == 0 else " " + sentence), I(ctx.store.image(scene))]
-    return Item("storytelling", [user(instruction("storytelling", story=" ".join(sentences))), assistant(*reply)],
+    for k, scene in enumerate(states, 1):
+        reply += [T(f"{k}." if k == 1 else f" {k}."), I(ctx.store.image(scene))]
+    return Item("storytelling", [user(instruction("storytelling", story=story_text)), assistant(*reply)],
                 truth={"states": [scene_to_json(s) for s in states], "sentences": sentences})
 
 
@@ -623,11 +630,12 @@ def _covt(ctx: Context, rng: random.Random, draw: bool) -> Item:
     source, change, after = ctx.edit(rng, min_objects=2, source_ok=_covt_half(ctx, draw))
     question, answer = covt_question(after, change)
     picture = I(ctx.store.image(source))
-    direct = [user(picture, T(covt_prompt(change, question, draw=False))), assistant(answer)]
+    # Instruction first, as in image_editing: a fixed distance from each source code to its copy.
+    direct = [user(T(covt_prompt(change, question, draw=False)), picture), assistant(answer)]
     truth = {"answer": answer, "question": question, "scene": scene_to_json(after)}
     if not draw:
         return Item("covt_direct", direct, truth=truth)
-    drawn = [user(picture, T(covt_prompt(change, question))), assistant(I(ctx.store.image(after)), T(answer))]
+    drawn = [user(T(covt_prompt(change, question)), picture), assistant(I(ctx.store.image(after)), T(answer))]
     return Item("covt", drawn, truth=truth, arms={"direct": direct} if ctx.test else {})
 
 
