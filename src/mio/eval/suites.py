@@ -551,6 +551,7 @@ SUITES: dict[str, Suite] = {
     "mcot": Suite(mcot),
     "chart": Suite(_short_answers("chart")),
 }
+"""Every suite, in report order (the same names as `mio.toyworld.tasks.EVAL_SUITES`)."""
 
 
 HEADLINE: dict[str, str] = {
@@ -572,7 +573,6 @@ def check_suite_names(names) -> None:
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         raise ValueError(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
-"""Every suite, in report order (the same names as `mio.toyworld.tasks.EVAL_SUITES`)."""
 
 
 def run_suite(name: str, runner: Runner, world: Path, limit: int | None = None, image_size: int = 64) -> dict:
