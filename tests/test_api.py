@@ -135,7 +135,7 @@ def test_bad_inputs_are_clear_value_errors(mio, tmp_path):
         (dict(messages=user([Image(image=tmp_path / "missing.png")])), "image file not found"),
         (dict(messages=user([Image(image=tmp_path / "broken.png")])), "cannot read image"),
         (dict(messages=user([Speech(wave=tmp_path / "missing.wav")])), "audio file not found"),
-        (dict(messages=user([Speech(wave=torch.zeros(100), sample_rate=16000)])), "silent audio"),
+        (dict(messages=user([Speech(wave=torch.zeros(16000), sample_rate=16000)])), "silent audio"),
         (dict(messages=[]), "at least one message"),
         (dict(messages=user("hi"), mode="shout"), "unknown chat mode 'shout'"),
         (dict(messages=user("hi"), max_new_tokens=0), "max_new_tokens must be >= 1"),
@@ -146,6 +146,74 @@ def test_bad_inputs_are_clear_value_errors(mio, tmp_path):
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             mio.chat(**kwargs)
+
+
+@pytest.mark.parametrize("messages, message", [
+    (None, "messages must be a list of messages"),
+    ("hi", "messages must be a list of messages .* got a str"),
+    ({"role": "user", "content": "hi"}, "messages must be a list of messages .* got a dict"),
+    ([42], "message 0: a message is a dict .* got a int"),
+    ([{"role": "user", "content": None}], "message 0: content must be a string or a list of parts, got a NoneType"),
+    ([{"role": "user", "content": 7}], "message 0: content must be a string or a list of parts, got a int"),
+    ([{"role": "robot", "content": "hi"}], "message 0: role must be one of system, user, assistant"),
+    ([{"role": "user", "content": [{"type": "video", "video": "x"}]}], "unknown content part type 'video'"),
+    ([{"role": "user", "content": [{"type": "text"}]}], "a text part needs 'text'"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}]}],
+     "URLs are not fetched"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}],
+     "not valid base64"),
+    ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}],
+     "audio data: not a readable audio file"),
+])
+def test_malformed_messages_are_named(mio, messages, message):
+    with pytest.raises(ValueError, match=message):
+        mio.chat(messages)
+
+
+def test_openai_content_parts_read_as_the_same_segments(mio, tmp_path):
+    import base64
+    import io
+
+    png = io.BytesIO()
+    picture("blue").save(png, format="PNG")
+    wav = io.BytesIO()
+    sf.write(wav, tone(16000).numpy(), 16000, format="WAV")
+    parts = [{"type": "text", "text": "look"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}},
+             {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav.getvalue()).decode(), "format": "wav"}}]
+    (tmp_path / "p.png").write_bytes(png.getvalue())
+    (tmp_path / "t.wav").write_bytes(wav.getvalue())
+    plain = ["look", Image(image=tmp_path / "p.png"), Speech(wave=tmp_path / "t.wav")]
+    assert mio.chat_prompt([{"role": "user", "content": parts}]) == mio.chat_prompt([{"role": "user", "content": plain}])
+    assert mio.chat_prompt([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]) == \
+        mio.chat_prompt([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("temperature", math.nan, "temperature must be a finite number"),
+    ("temperature", math.inf, "temperature must be a finite number"),
+    ("temperature", 1e-45, r"temperature must be >= 0.001, got 1e-45 \(use do_sample=False"),
+    ("guidance_scale", math.inf, "guidance_scale must be a finite number"),
+    ("max_new_tokens", 1.5, "max_new_tokens must be an integer, got 1.5"),
+    ("max_new_tokens", "8", "max_new_tokens must be an integer, got '8'"),
+    ("max_new_tokens", True, "max_new_tokens must be an integer, got True"),
+    ("repetition_penalty", math.nan, "repetition_penalty must be a finite number"),
+    ("do_sample", "no", "do_sample must be true or false, got 'no'"),
+    ("top_p", 0.0, r"top_p must be > 0.0 and <= 1.0, got 0.0"),
+    ("top_k", -1, "top_k must be >= 0"),
+    ("seed", "abc", "seed must be an integer, got 'abc'"),
+    ("seed", 2**70, r"seed must be in \[0, 9223372036854775807\]"),
+    ("seed", -1, r"seed must be in \[0, "),
+])
+def test_bad_decoding_options_are_named_before_decoding(mio, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        mio.chat([{"role": "user", "content": "hi"}], **{option: value})
+
+
+def test_the_largest_seed_decodes_in_batches(mio):
+    chats = [[{"role": "user", "content": f"hi {k}"}] for k in range(3)]
+    replies = mio.chat_batch(chats, seed=2**63 - 1, batch_size=1, max_new_tokens=4)
+    assert len(replies) == 3
 
 
 def test_incomplete_model_directories_are_clear_errors(run_dir, tmp_path):
@@ -159,3 +227,84 @@ def test_incomplete_model_directories_are_clear_errors(run_dir, tmp_path):
         (no_tokenizer / name).unlink(missing_ok=True)
     with pytest.raises(FileNotFoundError, match="has no text tokenizer"):
         MIO.from_pretrained(no_tokenizer)
+
+
+def _broken_copy(run_dir: Path, tmp_path: Path, name: str) -> Path:
+    copy = tmp_path / name
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def test_damaged_model_directories_are_refused_with_the_file_named(run_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    half = _broken_copy(run_dir, tmp_path, "half")
+    tensors = load_file(half / "model.safetensors")
+    save_file(dict(list(tensors.items())[: len(tensors) // 2]), half / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"weights lack \d+ of the model's tensors .* the checkpoint is incomplete"):
+        MIO.from_pretrained(half)
+
+    truncated = _broken_copy(run_dir, tmp_path, "truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated: cannot load the model weights"):
+        MIO.from_pretrained(truncated)
+
+    bad_tokenizer = _broken_copy(run_dir, tmp_path, "bad_tokenizer")
+    (bad_tokenizer / "tokenizer.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="bad_tokenizer: cannot load the text tokenizer"):
+        MIO.from_pretrained(bad_tokenizer)
+
+    bad_run = _broken_copy(run_dir, tmp_path, "bad_run")
+    (bad_run / "run.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match=r"run.json: not valid JSON"):
+        MIO.from_pretrained(bad_run)
+
+    swapped = _broken_copy(run_dir, tmp_path, "swapped")
+    shutil.rmtree(swapped / "image_tokenizer")
+    shutil.copytree(swapped / "speech_tokenizer", swapped / "image_tokenizer")
+    with pytest.raises(ValueError, match="image_tokenizer holds a 'mio-speech' tokenizer, not the ImageTokenizer expected there"):
+        MIO.from_pretrained(swapped)
+
+
+def test_media_edge_cases_are_refused_or_read_right(mio):
+    user = lambda *content: [{"role": "user", "content": list(content)}]  # noqa: E731
+    cases = [
+        (Speech(wave=torch.ones(1) * 0.5, sample_rate=16000), "under the minimum of 0.1 s"),
+        (Speech(wave=tone(16000, seconds=0.01), sample_rate=16000), "under the minimum of 0.1 s"),
+        (Speech(wave=tone(16000), sample_rate=10**9), "sample rate 1000000000 Hz is outside"),
+        (Speech(wave=tone(16000), sample_rate=True), "sample_rate must be a positive integer"),
+        (Image(codes=torch.full((SMALL_LAYOUT.tokens_per_image,), 1.5)), "must be integers, got a torch.float32 tensor"),
+        (Image(codes=[True] * SMALL_LAYOUT.tokens_per_image), "must be integers, got True"),
+        (Speech(codes=torch.zeros(4, 5, dtype=torch.bool)), "must be integers"),
+    ]
+    for segment, message in cases:
+        with pytest.raises(ValueError, match=message):
+            mio.chat(user(segment, "hi"), max_new_tokens=2)
+    from mio.media.audio import prepare_wave
+
+    quiet = tone(16000)
+    assert mio.tokenize([Speech(wave=quiet * 1e20, sample_rate=16000)])[0].codes is not None
+    loud, plain = (prepare_wave(w, 16000, 16000, max_seconds=10) for w in (quiet * 1e20, quiet))
+    assert torch.allclose(loud, plain, atol=1e-6) and plain.abs().max() > 0.1  # the same sound, not silence
+
+
+def test_devices_are_checked_against_the_machine(run_dir):
+    with pytest.raises(ValueError, match="unknown device 'banana'"):
+        MIO.from_pretrained(run_dir, device="banana")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            MIO.from_pretrained(run_dir, device="cuda")
+
+
+def test_reply_files_stay_inside_their_folder(mio, tmp_path):
+    from mio.api import file_stem
+
+    reply = [Text("hi")]
+    with pytest.raises(ValueError, match="file prefix '../../x' must be"):
+        save_segments(reply, tmp_path / "out", prefix="../../x")
+    (paths,) = [save_segments(reply, tmp_path / "out", prefix=file_stem("../../x"))]
+    assert paths == [tmp_path / "out" / "_._.._x_text.txt"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        save_segments(reply, tmp_path / "file")

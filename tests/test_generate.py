@@ -273,7 +273,7 @@ def test_bad_settings_are_clear_errors(vocab):
         generate(model, vocab, request(vocab, decoding=DecodingConfig(guidance_scale=2.0)))
     with pytest.raises(GenerationError, match="unknown decoding option 'beams'"):
         DecodingConfig().override(beams=3)
-    with pytest.raises(GenerationError, match="temperature must be > 0"):
+    with pytest.raises(GenerationError, match="temperature must be >= 0.001"):
         DecodingConfig(image=ModalityDecoding(temperature=0)).validate()
 
 

@@ -76,6 +76,21 @@ def test_generate_reports_bad_input_in_one_line(run_dir, tmp_path, caplog):
     assert "unknown output modality 'smell'" in caplog.text
 
 
+def test_bad_devices_outputs_and_stdin_are_one_line_errors(run_dir, tmp_path, caplog, monkeypatch):
+    common = ["generate", "--model", str(run_dir), "--prompt", "hi", "--max-new-tokens", "2"]
+    assert main(common + ["--out", str(tmp_path / "o"), "--device", "banana"]) == 2
+    assert "unknown device 'banana'" in caplog.text
+    if not torch.cuda.is_available():
+        assert main(common + ["--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in caplog.text
+    (tmp_path / "taken").write_text("")
+    assert main(common + ["--out", str(tmp_path / "taken"), "--device", "cpu"]) == 2
+    assert "is a file, not a folder" in caplog.text
+    monkeypatch.setattr("sys.stdin", None)
+    assert main(["chat", "--model", str(run_dir), "--device", "cpu"]) == 2
+    assert "standard input, which is closed" in caplog.text
+
+
 def test_chat_loop_attaches_media_toggles_voice_and_resets(run_dir, media, tmp_path):
     lines: list[str] = []
     mio = MIO.from_pretrained(run_dir, device="cpu")

@@ -16,7 +16,7 @@ from mio.config import ConfigError
 from mio.data.encode import EncodeConfig, Sample, encode_sample
 from mio.data.shards import ShardWriter
 from mio.segments import Image, Speech, Text
-from mio.train.loop import load_config, run_stages
+from mio.train.loop import Stage, TrainingDiverged, load_config, run_stages
 
 WORDS = "red green blue circle square triangle left right big small the a is on of".split()
 
@@ -160,6 +160,46 @@ def test_bad_configs_name_the_key(tmp_path, data_dir):
     missing = write_config(tmp_path / "m.toml", data_dir, tmp_path / "m", text_tokenizer=str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="text_tokenizer: path not found"):
         run_stages([str(missing)])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"optim.lr": float("inf")}, "optim.lr: expected a finite number, got inf"),
+    ({"optim.lr": float("nan")}, "optim.lr: expected a finite number"),
+    ({"keep_checkpoints": -1}, "keep_checkpoints must be >= 1, got -1"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints must be >= 1"),
+    ({"log_every": 0}, "log_every must be >= 1"),
+    ({"save_every": 0}, "save_every must be >= 1"),
+    ({"model.num_heads": 0}, "num_heads must be >= 1"),
+    ({"model.num_heads": 16, "model.num_kv_heads": 16}, "hidden_size / num_heads must be even"),
+    ({"optim.beta2": 1.0}, r"beta1 and beta2 must be in \[0, 1\)"),
+])
+def test_settings_that_would_break_training_are_refused_on_load(tmp_path, data_dir, override, message):
+    cfg = write_config(tmp_path / "c.toml", data_dir, tmp_path / "c")
+    with pytest.raises(ConfigError, match=message):
+        load_config(cfg, override)
+
+
+def test_a_diverging_run_stops_with_its_last_checkpoint_intact(tmp_path, data_dir):
+    cfg = write_config(tmp_path / "d.toml", data_dir, tmp_path / "d", steps=8, save_every=3, eval_every=0)
+    config = load_config(cfg)
+    stage = Stage(config)
+    for _ in range(3):
+        stage.train_step()
+    stage.save_checkpoint()
+    with torch.no_grad():  # what a runaway learning rate leaves behind
+        next(stage.model.parameters()).fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match=r"stage1 step 4: the loss or its gradient is not finite"):
+        stage.train_step()
+    resumed = Stage(config, resume=True)
+    assert resumed.step == 3
+    assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
+
+
+def test_a_context_shorter_than_one_media_block_is_an_error_not_a_hang(tmp_path, data_dir):
+    cfg = write_config(tmp_path / "h.toml", data_dir, tmp_path / "h", context_length=8)
+    config = load_config(cfg, {"data.ratios": {"pair": 1}})
+    with pytest.raises(ValueError, match="media block longer than context_length 8"):
+        Stage(config).train_step()
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):

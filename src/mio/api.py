@@ -32,16 +32,17 @@ from transformers import AutoModelForCausalLM
 
 from mio.data.encode import encode_prompt
 from mio.device import resolve_device
-from mio.generate import DecodingConfig, GenerationRequest, check_modalities, generate, stream
+from mio.generate import MAX_SEED, DecodingConfig, GenerationRequest, check_integer, check_modalities, generate, stream
 from mio.media.audio import AudioError, load_audio
+from mio.media.content_parts import segment_from_part
 from mio.media.image import open_image
 from mio.media.video import MIN_FRAMES, read_video, select_frames
-from mio.segments import Image, Malformed, Message, Segment, Speech, Text, Video
+from mio.segments import ROLES, Image, Malformed, Message, Segment, Speech, Text, Video
 from mio.templates import MODES
-from mio.tokenizers.base import load_tokenizer
+from mio.tokenizers.base import ImageTokenizer, SpeechTokenizer, load_tokenizer
 from mio.tokenizers.text import load_text_tokenizer
 from mio.train.checkpoint import RUN_FILE
-from mio.vocab import Vocab, VocabLayout
+from mio.vocab import StreamParser, Vocab, VocabLayout
 
 log = logging.getLogger(__name__)
 
@@ -137,26 +138,29 @@ class MIO:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a model directory: it has no config.json")
         tokenizer = load_text_tokenizer(path)
-        image_tokenizer = _load_media_tokenizer(path, IMAGE_TOKENIZER_DIRS, "image")
-        speech_tokenizer = _load_media_tokenizer(path, SPEECH_TOKENIZER_DIRS, "speech")
-        config = json.loads((path / RUN_FILE).read_text()).get("config", {}) if (path / RUN_FILE).is_file() else {}
+        image_tokenizer = _load_media_tokenizer(path, IMAGE_TOKENIZER_DIRS, ImageTokenizer)
+        speech_tokenizer = _load_media_tokenizer(path, SPEECH_TOKENIZER_DIRS, SpeechTokenizer)
+        config = _run_config(path)
         if "layout" in config:
             layout = VocabLayout(**config["layout"])
         else:
             layout = infer_layout(tokenizer, image_tokenizer, speech_tokenizer)
             log.info("no layout in %s; inferred %s from the tokenizer", path / RUN_FILE, layout)
-        model = AutoModelForCausalLM.from_pretrained(str(path)).to(resolve_device(device))
+        model = _load_model(path).to(resolve_device(device))
         return cls(model, Vocab(tokenizer, layout), image_tokenizer, speech_tokenizer, config.get("context_length"))
 
     # ---- inputs
 
     def tokenize(self, segments: Sequence[Segment | str | PILImage.Image]) -> list[Segment]:
-        """Segments with codes: strings become `Text`, PIL images `Image`, paths are read,
+        """Segments with codes: strings become `Text`, PIL images `Image`, OpenAI-style content
+        parts (`mio.media.content_parts`) their segments, paths are read,
         raw media are tokenized (images in one batch; codes are stored on the given `Image`
         objects, so a chat history is tokenized once), `Malformed` segments (e.g. from an
         earlier reply) are dropped."""
         out: list[Segment] = []
         for seg in segments:
+            if isinstance(seg, dict):
+                seg = segment_from_part(seg)
             if isinstance(seg, str):
                 seg = Text(seg)
             elif isinstance(seg, PILImage.Image):
@@ -208,15 +212,25 @@ class MIO:
     def _messages(self, messages: Sequence[Message | dict], mode: str) -> list[Message]:
         if mode not in MODES:
             raise InputError(f"unknown chat mode {mode!r}; modes are {', '.join(MODES)}")
+        if isinstance(messages, (str, bytes, dict, Message)) or not isinstance(messages, Sequence):
+            raise InputError(f"messages must be a list of messages (dicts with 'role' and 'content'), "
+                             f"got a {type(messages).__name__}")
         if not messages:
             raise InputError("a chat needs at least one message")
         out = []
-        for m in messages:
+        for k, m in enumerate(messages):
             if isinstance(m, dict):
                 if set(m) - {"role", "content"} or "role" not in m or "content" not in m:
-                    raise InputError(f"a message is a dict with keys 'role' and 'content', got {sorted(m)}")
+                    raise InputError(f"message {k}: a message is a dict with keys 'role' and 'content', got {sorted(m)}")
+                if m["role"] not in ROLES:
+                    raise InputError(f"message {k}: role must be one of {', '.join(ROLES)}, got {m['role']!r}")
                 m = Message(m["role"], m["content"])
+            elif not isinstance(m, Message):
+                raise InputError(f"message {k}: a message is a dict with 'role' and 'content', got a {type(m).__name__}")
             content = [m.content] if isinstance(m.content, str) else m.content
+            if isinstance(content, (dict, bytes)) or not isinstance(content, Sequence):
+                raise InputError(f"message {k}: content must be a string or a list of parts, "
+                                 f"got a {type(m.content).__name__}")
             out.append(Message(m.role, self.tokenize(content)))
         if out[-1].role != "user":
             raise InputError(f"the last message must be the user's, got {out[-1].role!r}")
@@ -253,6 +267,8 @@ class MIO:
                  overrides: dict) -> GenerationRequest:
         cfg = (decoding or DecodingConfig()).override(**overrides)
         cfg.validate()
+        if seed is not None:
+            check_integer("seed", seed, 0, MAX_SEED)
         return GenerationRequest(
             prompts=prompts, output_modalities=check_modalities(output_modalities), decoding=cfg,
             stop_ids=tuple(dict.fromkeys(i for i in stop_ids if i is not None)),
@@ -267,7 +283,7 @@ class MIO:
             replies += generate(self.model, self.vocab, dataclasses.replace(
                 request, prompts=request.prompts[chunk],
                 uncond_prompts=request.uncond_prompts[chunk] if request.uncond_prompts else None,
-                seed=None if request.seed is None else request.seed + start))
+                seed=None if request.seed is None else (request.seed + start) % (MAX_SEED + 1)))
         video = "video" in request.output_modalities
         return [self.detokenize(self.vocab.parse(ids, video=video)) for ids in replies]
 
@@ -323,7 +339,7 @@ class MIO:
         chat = self._messages(messages, mode)
         request = self._request([encode_prompt(chat, self.vocab, mode)], [self._unconditional_chat(chat, mode)],
                                 (self.vocab.im_end, self.vocab.eos_id), output_modalities, decoding, seed, overrides)
-        parser = _StreamParser(self.vocab, video="video" in request.output_modalities)
+        parser = StreamParser(self.vocab, video="video" in request.output_modalities)
         for step in stream(self.model, self.vocab, request):
             if step[0] is not None:
                 yield from (self.detokenize([s])[0] for s in parser.feed(step[0]))
@@ -358,73 +374,56 @@ def _images_in(segments: Sequence[Segment]) -> list[Image]:
     return [i for s in segments for i in (s.frames if isinstance(s, Video) else [s] if isinstance(s, Image) else [])]
 
 
-def _load_media_tokenizer(path: Path, names: Sequence[str], kind: str):
+def _run_config(path: Path) -> dict:
+    """The training config recorded in run.json ({} when there is none)."""
+    if not (path / RUN_FILE).is_file():
+        return {}
+    try:
+        run = json.loads((path / RUN_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path / RUN_FILE}: not valid JSON ({e})") from None
+    config = run.get("config", {}) if isinstance(run, dict) else None
+    if not isinstance(config, dict):
+        raise InputError(f"{path / RUN_FILE}: expected an object with a 'config' object")
+    return config
+
+
+def _load_model(path: Path):
+    """The LM's weights, refusing a checkpoint that lacks any of the model's tensors (the
+    library would fill them with random values and only log it)."""
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True)
+    except Exception as e:  # safetensors, torch and transformers each raise their own kinds
+        raise InputError(f"{path}: cannot load the model weights ({type(e).__name__}: {e})") from None
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    missing = sorted(set(info["missing_keys"]) - tied)
+    if missing:
+        raise InputError(f"{path}: the weights lack {len(missing)} of the model's tensors (first: {missing[0]}); "
+                         "the checkpoint is incomplete")
+    return model
+
+
+def _load_media_tokenizer(path: Path, names: Sequence[str], protocol: type):
+    kind = "image" if protocol is ImageTokenizer else "speech"
     for name in names:
         if (path / name).is_dir():
-            return load_tokenizer(path / name)
+            return load_tokenizer(path / name, protocol)
     log.warning("%s has no %s tokenizer (%s); %s inputs need codes and outputs stay codes",
                 path, kind, " or ".join(names), kind)
     return None
 
 
-class _StreamParser:
-    """Turns a reply's tokens, one at a time, into segments as soon as they are complete."""
-
-    def __init__(self, vocab: Vocab, video: bool):
-        self.vocab, self.video = vocab, video
-        self.text_ids: list[int] = []
-        self.text_sent = 0  # characters of the current text run already yielded
-        self.block: list[int] | None = None  # the open media block, opener included
-        self.frames: list[Image] = []  # closed image blocks that may still become a video
-
-    def feed(self, token: int) -> list[Segment]:
-        v = self.vocab
-        if self.block is not None:
-            self.block.append(token)
-            if token == (v.image_end if self.block[0] == v.image_start else v.speech_end):
-                (seg,) = v.parse(self.block)
-                self.block = None
-                if self.video and isinstance(seg, Image):
-                    self.frames.append(seg)
-                    return []
-                return [seg]
-            return []
-        if token == v.image_start and self.frames:  # the video goes on
-            self.block = [token]
-            return []
-        out = self._flush_frames()
-        if token in (v.image_start, v.speech_start):
-            out += self._flush_text()
-            self.block = [token]
-            return out
-        self.text_ids.append(token)
-        text = v.decode_text(self.text_ids)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            out.append(Text(text[self.text_sent:]))
-            self.text_sent = len(text)
-        return [s for s in out if not isinstance(s, Text) or s.text]
-
-    def _flush_frames(self) -> list[Segment]:
-        frames, self.frames = self.frames, []
-        if not frames:
-            return []
-        return [frames[0]] if len(frames) == 1 else [Video(frames=frames)]
-
-    def _flush_text(self) -> list[Segment]:
-        text = self.vocab.decode_text(self.text_ids)[self.text_sent:]
-        self.text_ids, self.text_sent = [], 0
-        return [Text(text)] if text else []
-
-    def close(self) -> list[Segment]:
-        """Whatever is left when the reply ends (an unclosed block comes back `Malformed`)."""
-        out = self._flush_frames() + self._flush_text()
-        if self.block is not None:
-            out += self.vocab.parse(self.block)
-            self.block = None
-        return out
-
-
 # ---------------------------------------------------------------- writing replies
+
+
+SAFE_PREFIX = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+"""The file name stems `save_segments` writes under (no separators, no leading dot)."""
+
+
+def file_stem(name: str) -> str:
+    """`name` as a file name stem `save_segments` accepts: other characters become `_`."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", str(name))[:200]
+    return "_" + stem[1:] if stem.startswith(".") else stem or "_"
 
 
 def save_segments(segments: Sequence[Segment], out_dir: str | Path, prefix: str = "reply_000",
@@ -439,7 +438,11 @@ def save_segments(segments: Sequence[Segment], out_dir: str | Path, prefix: str 
 
     if video_format not in ("gif", "mp4"):
         raise InputError(f"video_format must be 'gif' or 'mp4', got {video_format!r}")
+    if not SAFE_PREFIX.fullmatch(prefix):  # a prefix is a file name stem, never a path
+        raise InputError(f"file prefix {prefix!r} must be letters, digits, '.', '_' or '-' and not start with '.'")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} is a file, not a folder for the reply's files")
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     text = "".join(s.text for s in segments if isinstance(s, Text))

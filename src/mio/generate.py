@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -42,8 +44,39 @@ LENGTH_PENALTY = 1.0
 """Beam scores are summed log-probabilities divided by generated length ** this (HF's default)."""
 
 
+MIN_TEMPERATURE = 1e-3
+"""Below this, logits divided by the temperature overflow float32 (greedy is do_sample=False)."""
+MAX_SEED = 2**63 - 1
+"""Seeds are 0..MAX_SEED (a batch adds its offset; torch's generators take 64 bits)."""
+
+
 class GenerationError(ValueError):
     """Generation cannot run with these inputs or settings; the message says why."""
+
+
+def check_integer(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    """Raise GenerationError unless `value` is an integer (not a bool) in [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise GenerationError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise GenerationError(f"{name} must be {bounds}, got {value}")
+
+
+def check_number(name: str, value, minimum: float, maximum: float = math.inf, open_minimum: bool = False) -> None:
+    """Raise GenerationError unless `value` is a finite real number in its range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise GenerationError(f"{name} must be a finite number, got {value!r}")
+    if value < minimum or (open_minimum and value == minimum) or value > maximum:
+        low = f"> {minimum}" if open_minimum else f">= {minimum}"
+        raise GenerationError(f"{name} must be {low}" + (f" and <= {maximum}" if maximum < math.inf else "")
+                              + f", got {value}")
+
+
+def check_flag(name: str, value) -> None:
+    """Raise GenerationError unless `value` is True or False."""
+    if not isinstance(value, bool):
+        raise GenerationError(f"{name} must be true or false, got {value!r}")
 
 
 @dataclass
@@ -64,17 +97,16 @@ class ModalityDecoding:
     """CTRL-style penalty on tokens already in the sequence (prompt included), as in HF (1 = off)."""
 
     def validate(self, name: str) -> None:
-        if self.num_beams < 1:
-            raise GenerationError(f"{name}.num_beams must be >= 1, got {self.num_beams}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise GenerationError(f"{name}.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise GenerationError(f"{name}.top_k must be >= 0, got {self.top_k}")
-        if self.temperature <= 0:
-            raise GenerationError(
-                f"{name}.temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}")
-        if self.repetition_penalty <= 0:
-            raise GenerationError(f"{name}.repetition_penalty must be > 0, got {self.repetition_penalty}")
+        """Raise GenerationError naming the first option of the wrong type or out of range."""
+        check_integer(f"{name}.num_beams", self.num_beams, 1)
+        check_flag(f"{name}.do_sample", self.do_sample)
+        check_number(f"{name}.top_p", self.top_p, 0.0, 1.0, open_minimum=True)
+        check_integer(f"{name}.top_k", self.top_k, 0)
+        try:
+            check_number(f"{name}.temperature", self.temperature, MIN_TEMPERATURE)
+        except GenerationError as e:
+            raise GenerationError(f"{e} (use do_sample=False for greedy decoding)") from None
+        check_number(f"{name}.repetition_penalty", self.repetition_penalty, 0.0, open_minimum=True)
 
 
 def _section(**kw) -> ModalityDecoding:
@@ -104,12 +136,13 @@ class DecodingConfig:
     content early enough for the timbre blocks), so no reply is cut mid-block."""
 
     def validate(self) -> None:
+        """Raise GenerationError naming the first option of the wrong type or out of range."""
         for name in MODALITIES:
             getattr(self, name).validate(name)
-        if self.max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.guidance_scale < 1.0:
-            raise GenerationError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
+        check_integer("max_new_tokens", self.max_new_tokens, 1)
+        check_number("guidance_scale", self.guidance_scale, 1.0)
+        check_flag("content_only_speech", self.content_only_speech)
+        check_flag("fit_to_budget", self.fit_to_budget)
 
     def section(self, modality: str) -> ModalityDecoding:
         """The settings of one modality."""
@@ -456,6 +489,8 @@ def _budgets(model, request: GenerationRequest) -> list[int]:
 
 def _validate(request: GenerationRequest) -> None:
     request.decoding.validate()
+    if request.seed is not None:
+        check_integer("seed", request.seed, 0, MAX_SEED)
     if request.uncond_prompts is not None and len(request.uncond_prompts) != len(request.prompts):
         raise GenerationError(f"{len(request.uncond_prompts)} unconditional prompts for {len(request.prompts)} prompts")
     if request.decoding.guidance_scale > 1.0 and request.uncond_prompts is None:

@@ -77,8 +77,16 @@ class ModelConfig:
     """Seed of the random initialisation."""
 
     def validate(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rope_theta <= 0 or self.init_std <= 0:
+            raise ValueError(f"rope_theta and init_std must be > 0, got {self.rope_theta} and {self.init_std}")
         if self.hidden_size % self.num_heads:
             raise ValueError("hidden_size must be divisible by num_heads")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError("hidden_size / num_heads must be even (rotary embeddings turn pairs of channels)")
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be divisible by num_kv_heads")
 

@@ -13,6 +13,7 @@ so a user who types `<img12>` or `<|im_end|>` gets text ids, never a media or ch
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,8 +58,32 @@ class VocabLayout:
         )
 
 
+def _integers(values: list, what: str) -> list:
+    """`values` as ints when every one is an integer (bools and floats are refused, not rounded)."""
+    bad = next((v for v in values if not _is_integer(v)), None)
+    if bad is not None:
+        raise ValueError(f"{what} must be integers, got {bad!r}")
+    return [int(v) for v in values]
+
+
+def _is_integer(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not (value.dtype.is_floating_point or value.dtype.is_complex
+                                         or value.dtype == torch.bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _as_rows(codes, what: str) -> list:
+    """Codes (a tensor or nested sequences) as nested lists of ints."""
+    if isinstance(codes, torch.Tensor):
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
+            raise ValueError(f"{what} must be integers, got a {codes.dtype} tensor")
+        return codes.tolist()
+    return list(codes)
+
+
 def _as_code_list(codes: Sequence[int] | torch.Tensor) -> list[int]:
-    return codes.tolist() if isinstance(codes, torch.Tensor) else [int(c) for c in codes]
+    return _integers(_as_rows(codes, "media codes"), "media codes")
 
 
 def render_image(codes: Sequence[int] | torch.Tensor) -> str:
@@ -168,11 +193,13 @@ class Vocab:
 
     def speech_ids(self, codes: Sequence[Sequence[int]] | torch.Tensor, timbre: bool) -> list[int]:
         """`<spch>` + content ids (+ the three timbre blocks if `timbre`) + `</spch>`."""
-        rows = codes.tolist() if isinstance(codes, torch.Tensor) else [list(r) for r in codes]
+        rows = [_as_rows(r, "speech codes") if isinstance(r, (list, tuple, torch.Tensor)) and not _is_integer(r) else r
+                for r in _as_rows(codes, "speech codes")]
         if rows and not isinstance(rows[0], list):
             rows = [rows]
         if not rows or not rows[0]:
             raise ValueError("speech has no codes")
+        rows = [_integers(row, "speech codes") for row in rows]
         if len({len(r) for r in rows}) != 1:
             raise ValueError(f"speech layers have unequal lengths {[len(r) for r in rows]}")
         need = self.layout.speech_layers if timbre else 1
@@ -297,6 +324,74 @@ class Vocab:
         codes = torch.tensor(body, dtype=torch.long).view(layers, t) - slo
         codes -= torch.arange(layers).unsqueeze(1) * size
         return Speech(codes=codes)
+
+
+class StreamParser:
+    """`Vocab.parse` one token at a time: `feed` returns the segments a token completes (text
+    as it comes, a media block when it closes, a video when something other than a frame
+    follows it), `close` the rest. Joined, with adjacent `Text` pieces merged, they are what
+    `parse` gives for the whole sequence, whatever the sequence is."""
+
+    def __init__(self, vocab: Vocab, video: bool):
+        self.vocab, self.video = vocab, video
+        self.text_ids: list[int] = []
+        self.text_sent = 0  # characters of the current text run already returned
+        self.block: list[int] | None = None  # the open media block, opener included
+        self.frames: list[Image] = []  # closed image blocks that may still become a video
+
+    def feed(self, token: int) -> list[Segment]:
+        """The segments `token` completes."""
+        v = self.vocab
+        opens = (v.image_start, v.speech_start)
+        out: list[Segment] = []
+        if self.block is not None:
+            if token not in opens:
+                self.block.append(token)
+                if token != (v.image_end if self.block[0] == v.image_start else v.speech_end):
+                    return []
+                (segment,) = v.parse(self.block)
+                self.block = None
+                return self._emit(segment)
+            (unclosed,) = v.parse(self.block)  # an opener before the closer: "block not closed"
+            self.block = None
+            out = self._emit(unclosed)
+        if token in opens:
+            self.block = [token]
+            return out + self._flush_text()
+        if token in (v.image_end, v.speech_end) or v._is_media_code(token):
+            return out + self._flush_text() + self._emit(*v.parse([token]))
+        out += self._flush_frames()
+        self.text_ids.append(token)
+        text = v.decode_text(self.text_ids)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            out.append(Text(text[self.text_sent:]))
+            self.text_sent = len(text)
+        return [s for s in out if not isinstance(s, Text) or s.text]
+
+    def close(self) -> list[Segment]:
+        """Whatever is left when the sequence ends (an unclosed block comes back `Malformed`)."""
+        out = self._flush_text()
+        if self.block is not None:
+            out += self._emit(*self.vocab.parse(self.block))
+            self.block = None
+        return out + self._flush_frames()
+
+    def _emit(self, segment: Segment) -> list[Segment]:
+        if self.video and isinstance(segment, Image):
+            self.frames.append(segment)
+            return []
+        return self._flush_frames() + [segment]
+
+    def _flush_frames(self) -> list[Segment]:
+        frames, self.frames = self.frames, []
+        if not frames:
+            return []
+        return [frames[0]] if len(frames) == 1 else [Video(frames=frames)]
+
+    def _flush_text(self) -> list[Segment]:
+        text = self.vocab.decode_text(self.text_ids)[self.text_sent:]
+        self.text_ids, self.text_sent = [], 0
+        return [Text(text)] if text else []
 
 
 def _merge_video(segments: list[Segment]) -> list[Segment]:

@@ -131,6 +131,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if sys.stdin is None or sys.stdin.closed:
+        raise ValueError("mio chat reads your messages from standard input, which is closed")
     decoding, overrides = decoding_from_args(args)
     mio = MIO.from_pretrained(args.model, device=args.device)
 

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _parser(selected: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mio", description="MIO: a foundation model on multimodal tokens.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for name, (module, help_text) in COMMANDS.items():
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return importlib.import_module(args._module).run(args) or 0
-    except (FileNotFoundError, ValueError) as e:
-        # User-facing problems (bad config, missing file, bad input) get one clear line.
-        logging.getLogger("mio").error("%s", e)
+    except (OSError, ValueError) as e:
+        # User-facing problems (bad config, missing or unwritable file, bad input) get one
+        # clear line; -v adds the traceback.
+        logging.getLogger("mio").error("%s", e, exc_info=args.verbose)
         return 2

@@ -76,6 +76,11 @@ class PackingStats:
         return self.pad / max(1, self.tokens + self.pad)
 
 
+MAX_DROPPED_IN_A_ROW = 100
+"""A stream whose documents are this many times in a row too long for a row is refused (it
+would otherwise be read forever without one row filled)."""
+
+
 def split_overlong(doc: Encoded, context_length: int, open_ids: set[int], close_ids: set[int]) -> list[Encoded]:
     """Split a document longer than `context_length` at the latest cut outside any media block.
 
@@ -174,7 +179,7 @@ class Packer:
         """One packing round: returns True when the stream is exhausted."""
         docs, self.carry = self.carry, []
         new_tokens, budget = 0, self.buffer_rows * self.context_length
-        exhausted = False
+        exhausted, dropped_in_a_row = False, 0
         while new_tokens < budget:
             try:
                 doc = next(stream)
@@ -184,7 +189,13 @@ class Packer:
             pieces = split_overlong(doc, self.context_length, self.open_ids, self.close_ids)
             if not pieces:
                 self.stats.dropped += 1
+                dropped_in_a_row += 1
                 log.warning("dropped a %d-token %s document: a media block is longer than the context", len(doc), doc.data_type)
+                if dropped_in_a_row >= MAX_DROPPED_IN_A_ROW:
+                    raise ValueError(f"{dropped_in_a_row} documents in a row hold a media block longer than "
+                                     f"context_length {self.context_length}: raise context_length")
+            else:
+                dropped_in_a_row = 0
             self.stats.split += len(pieces) > 1
             docs.extend(pieces)
             new_tokens += sum(len(p) for p in pieces)

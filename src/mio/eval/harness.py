@@ -126,7 +126,7 @@ def markdown_table(result: dict) -> str:
 
 def write_outputs(result: dict, runner: Runner, out: Path, samples: int, json_path: str | None = None) -> None:
     """metrics.json, metrics.md, reply texts and the first `samples` replies' media."""
-    from mio.api import save_segments
+    from mio.api import file_stem, save_segments
 
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=1)
@@ -144,4 +144,4 @@ def write_outputs(result: dict, runner: Runner, out: Path, samples: int, json_pa
                 kept = {k: record[k] for k in ("id", "text", "heard") if k in record}
                 f.write(json.dumps(kept) + "\n")
         for record in records[:samples]:
-            save_segments(record["segments"], replies_dir / safe, prefix=record["id"])
+            save_segments(record["segments"], replies_dir / safe, prefix=file_stem(record["id"]))

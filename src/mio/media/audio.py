@@ -8,6 +8,7 @@ be the shorter one. Resampling is polyphase filtering (`scipy.signal.resample_po
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 from pathlib import Path
@@ -17,6 +18,11 @@ import torch
 
 SILENCE_PEAK = 1e-4
 """Peak amplitude below which audio is treated as silent (about -80 dBFS)."""
+MIN_SECONDS = 0.1
+"""Shorter audio holds no word and is shorter than a codec's analysis window."""
+SAMPLE_RATES = (1_000, 384_000)
+"""Sample rates accepted (the highest rate audio hardware records); outside them a file's
+header is wrong, and resampling from it could ask for gigabytes."""
 TARGET_RMS = 0.1
 """RMS level waves are normalised to before feature extraction (about -20 dBFS)."""
 LOG_FLOOR = 1e-5
@@ -27,17 +33,21 @@ class AudioError(ValueError):
     """Audio input that cannot be used; the message names the problem."""
 
 
-def load_audio(path: str | Path) -> tuple[torch.Tensor, int]:
-    """Read an audio file with soundfile: (float32 wave [samples] or [channels, samples], rate)."""
+def load_audio(source: str | Path | bytes) -> tuple[torch.Tensor, int]:
+    """Read an audio file (a path, or the file's bytes) with soundfile: (float32 wave
+    [samples] or [channels, samples], rate)."""
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no audio file {path}")
+    if isinstance(source, bytes):
+        name, stream = "audio data", io.BytesIO(source)
+    else:
+        name = stream = Path(source)
+        if not stream.is_file():
+            raise FileNotFoundError(f"no audio file {name}")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, sr = sf.read(stream if isinstance(stream, io.BytesIO) else str(stream), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{path}: not a readable audio file ({e})") from None
+        raise AudioError(f"{name}: not a readable audio file ({e})") from None
     wave = torch.from_numpy(np.ascontiguousarray(data.T))
     return (wave[0] if wave.shape[0] == 1 else wave), int(sr)
 
@@ -72,8 +82,10 @@ def prepare_wave(wave, sample_rate: int, target_rate: int, max_seconds: float) -
 
     Raises `AudioError` for empty, non-finite, silent or too-long audio. Clipped audio is
     accepted (it is still speech); its level is normalised like any other."""
-    if not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
         raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    if not SAMPLE_RATES[0] <= sample_rate <= SAMPLE_RATES[1]:
+        raise AudioError(f"sample rate {sample_rate} Hz is outside {SAMPLE_RATES[0]}-{SAMPLE_RATES[1]} Hz")
     sample_rate = int(sample_rate)
     w = to_mono(wave)
     if w.numel() == 0:
@@ -83,6 +95,8 @@ def prepare_wave(wave, sample_rate: int, target_rate: int, max_seconds: float) -
     seconds = w.numel() / sample_rate
     if seconds > max_seconds:
         raise AudioError(f"audio is {seconds:.1f} s long, over the maximum of {max_seconds:g} s")
+    if seconds < MIN_SECONDS:
+        raise AudioError(f"audio is {seconds:.3f} s long, under the minimum of {MIN_SECONDS:g} s")
     if w.abs().max() < SILENCE_PEAK:
         raise AudioError(f"silent audio: peak amplitude {w.abs().max():.2e} is below {SILENCE_PEAK:g}")
     w = resample(w, sample_rate, target_rate)
@@ -91,7 +105,10 @@ def prepare_wave(wave, sample_rate: int, target_rate: int, max_seconds: float) -
 
 def normalize_loudness(wave: torch.Tensor) -> torch.Tensor:
     """Scale a wave to `TARGET_RMS` (so the codec sees one level), keeping peaks within [-1, 1]."""
-    rms = wave.pow(2).mean().sqrt().clamp_min(LOG_FLOOR)
+    rms = wave.pow(2).mean().sqrt()
+    if not torch.isfinite(rms):  # squares of very loud input overflow float32
+        rms = wave.double().pow(2).mean().sqrt().float()
+    rms = rms.clamp_min(LOG_FLOOR)
     w = wave * (TARGET_RMS / rms)
     peak = w.abs().max()
     return w / peak if peak > 1 else w

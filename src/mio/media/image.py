@@ -7,10 +7,12 @@ pixels in training and at inference.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 # Images with more pixels than this are refused before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -24,7 +26,8 @@ class ImageFileError(ValueError):
 
 def to_rgb(image: PILImage.Image) -> PILImage.Image:
     """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16-bit and 32-bit
-    integer images are scaled to 8 bits (a plain `convert` would clip them to white)."""
+    integer images are scaled to 8 bits (a plain `convert` would clip them to white); float
+    images are scaled from their lowest to their highest finite value."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -34,6 +37,9 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
         return PILImage.fromarray(gray, mode="L").convert("RGB")
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float64)
+        finite = np.isfinite(values)
+        # A NaN or infinite pixel must not set the scale of the others: it draws as black.
+        values = np.where(finite, values, values[finite].min(initial=0))
         lo, hi = values.min(initial=0), values.max(initial=1)
         gray = ((values - lo) / max(hi - lo, 1e-12) * _MAX_8BIT).astype(np.uint8)
         return PILImage.fromarray(gray, mode="L").convert("RGB")
@@ -44,24 +50,30 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
     return image.convert("RGB")
 
 
-def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Image:
-    """Read an image file as RGB, refusing oversized, truncated or corrupt files with an
-    `ImageFileError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageFileError(f"{path}: image file not found")
+def open_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Image:
+    """Read an image file (a path, or the file's bytes) as RGB, refusing oversized, truncated
+    or corrupt files with an `ImageFileError` naming the file."""
+    if isinstance(source, bytes):
+        name, stream = "image data", io.BytesIO(source)
+    else:
+        name = stream = Path(source)
+        if not stream.is_file():
+            raise ImageFileError(f"{name}: image file not found")
     try:
-        with PILImage.open(path) as image:
+        with PILImage.open(stream) as image:
             # The header alone gives the size, so a huge image is refused before decoding.
             if image.width * image.height > max_pixels:
                 raise ImageFileError(
-                    f"{path}: image is {image.width}x{image.height}, more than the {max_pixels} pixel limit"
+                    f"{name}: image is {image.width}x{image.height}, more than the {max_pixels} pixel limit"
                 )
+            if image.width == 0 or image.height == 0:
+                raise ImageFileError(f"{name}: image is {image.width}x{image.height}, it has no pixels")
             image.load()
-            return to_rgb(image)
+            # Cameras store rotated pixels and an EXIF orientation; apply it as viewers do.
+            return to_rgb(ImageOps.exif_transpose(image))
     except ImageFileError:
         raise
     except PILImage.DecompressionBombError as e:
-        raise ImageFileError(f"{path}: image too large ({e})") from None
+        raise ImageFileError(f"{name}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable / truncated data
-        raise ImageFileError(f"{path}: cannot read image ({e})") from None
+        raise ImageFileError(f"{name}: cannot read image ({e})") from None

@@ -54,16 +54,24 @@ TOKENIZER_TYPES: dict[str, str] = {
 }
 
 
-def load_tokenizer(directory: str | Path):
-    """Load any registered tokenizer from its directory by the `type` in its config.json."""
+def load_tokenizer(directory: str | Path, protocol: type | None = None):
+    """Load any registered tokenizer from its directory by the `type` in its config.json;
+    with `protocol` (`ImageTokenizer` or `SpeechTokenizer`), refuse a tokenizer of another kind."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"no tokenizer config.json in {directory}")
-    kind = json.loads(config_path.read_text()).get("type")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+    kind = config.get("type") if isinstance(config, dict) else None
     if kind is None and (directory / "SpeechTokenizer.pt").is_file():
         kind = "speechtokenizer"  # a released SpeechTokenizer directory has no "type" key
     if kind not in TOKENIZER_TYPES:
         raise ValueError(f"{config_path}: unknown tokenizer type {kind!r} (known: {sorted(TOKENIZER_TYPES)})")
     module, cls = TOKENIZER_TYPES[kind].split(":")
-    return getattr(importlib.import_module(module), cls).load(directory)
+    tokenizer = getattr(importlib.import_module(module), cls).load(directory)
+    if protocol is not None and not isinstance(tokenizer, protocol):
+        raise ValueError(f"{directory} holds a {kind!r} tokenizer, not the {protocol.__name__} expected there")
+    return tokenizer

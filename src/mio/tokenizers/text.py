@@ -66,4 +66,7 @@ def load_text_tokenizer(path: str | Path):
         raise FileNotFoundError(f"text tokenizer directory not found: {path}")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise FileNotFoundError(f"{path} has no text tokenizer (none of {', '.join(TOKENIZER_FILES)})")
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # tokenizers, sentencepiece and json each raise their own kinds
+        raise ValueError(f"{path}: cannot load the text tokenizer ({type(e).__name__}: {e})") from None

@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 MODALITIES = ("text", "image", "speech")
 
 
+class TrainingDiverged(ValueError):
+    """The loss or its gradient became NaN or infinite; the run stopped before updating. (A
+    ValueError: its cause is a setting or the data, and commands report it in one line.)"""
+
+
 @dataclass
 class OptimConfig:
     """AdamW with a cosine schedule (paper: peak 3e-5, warmup ratio 0.03, clip 1.0)."""
@@ -69,6 +74,10 @@ class OptimConfig:
     def validate(self) -> None:
         if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("need lr > 0, 0 <= warmup_ratio < 1 and 0 <= min_lr_ratio <= 1")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay} and {self.grad_clip}")
 
 
 @dataclass
@@ -125,8 +134,12 @@ class TrainConfig:
     """`auto` (bf16 autocast on GPU, fp32 on CPU), `fp32` or `bf16`."""
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        for name in ("steps", "batch_size", "grad_accum", "buffer_rows", "log_every", "eval_docs", "save_every",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
         if self.context_length < 8:
             raise ValueError("context_length must be >= 8")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -153,6 +166,9 @@ class Stage:
     """Everything one stage needs, set up from its config."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
+        cfg.validate()
+        cfg.optim.validate()
+        cfg.model.validate()
         cfg.check_paths()
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
@@ -257,6 +273,12 @@ class Stage:
             sums.add(losses.detach(), batch)
         clip = self.cfg.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        if not math.isfinite(float(grad_norm)):  # one such step would make every weight NaN
+            raise TrainingDiverged(
+                f"{self.cfg.name} step {self.step + 1}: the loss or its gradient is not finite "
+                f"(loss {sums.summary().get('loss', float('nan')):.4g}, gradient norm {float(grad_norm)}); stopped "
+                f"before the update. The last checkpoint in {self._checkpoint_dir()} is intact; lower optim.lr "
+                "or check the data")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
