@@ -202,6 +202,17 @@ def test_a_context_shorter_than_one_media_block_is_an_error_not_a_hang(tmp_path,
         Stage(config).train_step()
 
 
+def test_shards_of_another_vocabulary_are_refused(tmp_path, data_dir, vocab):
+    other = tmp_path / "other"
+    with ShardWriter(other / "shard_00000", vocab.size + 10) as w:
+        for d in make_docs(vocab, "language", 4, 0):
+            w.append(d)
+    cfg = write_config(tmp_path / "v.toml", data_dir, tmp_path / "v")
+    config = load_config(cfg, {"data.sources.language": str(other)})
+    with pytest.raises(ValueError, match=rf"language shards at .* vocabulary of {vocab.size + 10} tokens"):
+        Stage(config)
+
+
 def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
     from mio.cli.main import main
 

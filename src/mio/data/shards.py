@@ -285,6 +285,11 @@ class Dataset:
     def num_tokens(self) -> int:
         return sum(s.meta["num_tokens"] for s in self.shards)
 
+    @property
+    def vocab_sizes(self) -> set[int]:
+        """The vocabulary sizes the shards were written for (one, unless they were mixed up)."""
+        return {int(s.meta["vocab_size"]) for s in self.shards}
+
 
 def find_shards(path: str | Path) -> list[Path]:
     """Shard directories at or under `path`, sorted by path; hidden (temporary) ones skipped."""

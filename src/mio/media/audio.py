@@ -48,6 +48,8 @@ def load_audio(source: str | Path | bytes) -> tuple[torch.Tensor, int]:
         data, sr = sf.read(stream if isinstance(stream, io.BytesIO) else str(stream), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"{name}: not a readable audio file ({e})") from None
+    if not SAMPLE_RATES[0] <= sr <= SAMPLE_RATES[1]:
+        raise AudioError(f"{name}: sample rate {sr} Hz is outside {SAMPLE_RATES[0]}-{SAMPLE_RATES[1]} Hz")
     wave = torch.from_numpy(np.ascontiguousarray(data.T))
     return (wave[0] if wave.shape[0] == 1 else wave), int(sr)
 

@@ -200,6 +200,7 @@ class Stage:
         warmup = math.ceil(o.warmup_ratio * cfg.steps)
         self.scheduler = cosine_schedule(self.optimizer, warmup, cfg.steps, o.min_lr_ratio)
 
+        self._check_shards()
         self.mixture = Mixture(cfg.data, rank=self.rank, world_size=self.world_size)
         opens = (self.vocab.image_start, self.vocab.speech_start)
         closes = (self.vocab.image_end, self.vocab.speech_end)
@@ -209,6 +210,15 @@ class Stage:
         if resume:
             self._restore()
         self.batches = self.packer.batches(self.mixture)
+
+    def _check_shards(self) -> None:
+        """Every shard must be written with this stage's vocabulary: ids of another tokenizer
+        would train the wrong rows (or index past the embedding)."""
+        for name, path in [*self.cfg.data.sources.items(), *self.cfg.validation.items()]:
+            other = open_dataset(path).vocab_sizes - {self.vocab.size}
+            if other:
+                raise ValueError(f"{name} shards at {path} were written for a vocabulary of {min(other)} tokens; "
+                                 f"{self.cfg.text_tokenizer} has {self.vocab.size}: prepare them with this tokenizer")
 
     # -- checkpoints --
 
