@@ -125,3 +125,11 @@ def test_fuzzed_chats_never_raise_anything_but_value_errors(vocab):
             pass
 
     check()
+
+
+def test_the_fuzz_report_finds_no_traceback_corruption_or_hang():
+    from fuzz_report import run
+
+    report = run(cases=40, timeout=20.0, seed=1)
+    assert set(report["total"]) <= {"handled", "clear_error"}, report["examples"]
+    assert report["total"]["handled"] > 0 and report["total"]["clear_error"] > 0

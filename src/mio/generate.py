@@ -48,6 +48,13 @@ MIN_TEMPERATURE = 1e-3
 """Below this, logits divided by the temperature overflow float32 (greedy is do_sample=False)."""
 MAX_SEED = 2**63 - 1
 """Seeds are 0..MAX_SEED (a batch adds its offset; torch's generators take 64 bits)."""
+MAX_SCALE = 1e6
+"""Largest temperature, repetition penalty and guidance scale: far past any useful value,
+and small enough for every tensor type the sampler uses."""
+MAX_TOP_K = 2**31 - 1
+"""Largest top_k (any k above the vocabulary keeps every token)."""
+MAX_BEAMS = 64
+"""Most beams (each is a copy of the batch's KV cache)."""
 
 
 class GenerationError(ValueError):
@@ -98,15 +105,15 @@ class ModalityDecoding:
 
     def validate(self, name: str) -> None:
         """Raise GenerationError naming the first option of the wrong type or out of range."""
-        check_integer(f"{name}.num_beams", self.num_beams, 1)
+        check_integer(f"{name}.num_beams", self.num_beams, 1, MAX_BEAMS)
         check_flag(f"{name}.do_sample", self.do_sample)
         check_number(f"{name}.top_p", self.top_p, 0.0, 1.0, open_minimum=True)
-        check_integer(f"{name}.top_k", self.top_k, 0)
+        check_integer(f"{name}.top_k", self.top_k, 0, MAX_TOP_K)
         try:
-            check_number(f"{name}.temperature", self.temperature, MIN_TEMPERATURE)
+            check_number(f"{name}.temperature", self.temperature, MIN_TEMPERATURE, MAX_SCALE)
         except GenerationError as e:
             raise GenerationError(f"{e} (use do_sample=False for greedy decoding)") from None
-        check_number(f"{name}.repetition_penalty", self.repetition_penalty, 0.0, open_minimum=True)
+        check_number(f"{name}.repetition_penalty", self.repetition_penalty, 0.0, MAX_SCALE, open_minimum=True)
 
 
 def _section(**kw) -> ModalityDecoding:
@@ -140,7 +147,7 @@ class DecodingConfig:
         for name in MODALITIES:
             getattr(self, name).validate(name)
         check_integer("max_new_tokens", self.max_new_tokens, 1)
-        check_number("guidance_scale", self.guidance_scale, 1.0)
+        check_number("guidance_scale", self.guidance_scale, 1.0, MAX_SCALE)
         check_flag("content_only_speech", self.content_only_speech)
         check_flag("fit_to_budget", self.fit_to_budget)
 
