@@ -289,3 +289,40 @@ def test_keyframe_selection_keeps_one_frame_per_state(tmp_path):
         read = [image_judge.object_key(image_judge.read_objects(f.resize((64, 64)))) for f in frames]
         assert read == [image_judge.object_key(image_judge.read_objects(render(s))) for s in states]
         assert len(load_video_frames(path, 8, "uniform")) == 8
+
+
+def test_training_and_inference_read_odd_images_to_the_same_pixels(tmp_path, text_dir, vocab):
+    from mio.api import load_image
+
+    media = tmp_path / "odd"
+    media.mkdir()
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 1], rgba[:4, :, 3] = 200, 255
+    palette = PILImage.fromarray(rgba[..., :3]).convert("P")
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    nan = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    nan[0, 0] = np.nan
+    PILImage.fromarray(rgba, "RGBA").save(media / "rgba.png")
+    PILImage.fromarray(rgba[..., [1, 3]], "LA").save(media / "la.png")
+    palette.save(media / "palette.png", transparency=0)
+    PILImage.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 900).save(media / "gray16.png")
+    PILImage.new("CMYK", (8, 8), (0, 200, 0, 0)).save(media / "cmyk.jpg")
+    PILImage.new("RGB", (16, 8), (0, 0, 255)).save(media / "rotated.jpg", exif=exif.tobytes())
+    PILImage.fromarray(nan, "F").save(media / "float.tiff")
+    names = sorted(p.name for p in media.iterdir())
+    manifest = write_jsonl(tmp_path / "odd.jsonl", [
+        {"type": "image_text_pair", "segments": [{"image": f"odd/{n}"}, {"text": n}]} for n in names])
+    cfg = PrepareConfig(output_dir=str(tmp_path / "shards"), text_tokenizer=str(text_dir), manifests=[str(manifest)],
+                        layout=SMALL_LAYOUT)
+    prepare(cfg, image_tokenizer=FakeImageTokenizer(), speech_tokenizer=FakeSpeechTokenizer())
+    trained = {}
+    for doc in open_dataset(tmp_path / "shards" / "image_text_pair"):
+        segments = vocab.parse(doc.ids)
+        (image,) = [s for s in segments if isinstance(s, Image)]
+        text = "".join(s.text for s in segments if hasattr(s, "text"))
+        (name,) = [n for n in names if n in text]  # the caption is the file's name, inside a template
+        trained[name] = image.codes.tolist()
+    assert set(trained) == set(names)
+    for name in names:
+        assert trained[name] == image_codes(load_image(media / name).image).tolist(), name
