@@ -3,7 +3,8 @@
     python tests/fuzz_report.py --cases 500 --json runs/fuzz.json
 
 Each case is drawn at random for one boundary (id streams through both parsers, decoding
-options, messages and content parts, media bytes, stage configs) and classified as
+options, messages and content parts, media bytes, stage configs, manifest lines, run
+directories with one file truncated, garbled, emptied or deleted) and classified as
 `handled` (a result, or the right result), `clear_error` (a ValueError or OSError: what the
 CLI prints in one line), `traceback` (any other exception), `corruption` (a wrong result
 accepted: the two parsers disagree, or a non-finite setting accepted) or `hang` (no answer
@@ -201,8 +202,53 @@ def case_config(rng, mio):
     return "handled", None
 
 
+def _json_value(rng, depth: int = 0):
+    if depth > 2 or rng.random() < 0.5:
+        return rng.choice([*ODD_VALUES[:13], "media/a.png", "text", "image", "speech", "user", "sft"])
+    if rng.random() < 0.5:
+        return [_json_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    keys = ["type", "segments", "text", "image", "video", "speech", "messages", "role", "content", "task", "mode",
+            "id", "extra"]
+    return {rng.choice(keys): _json_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def case_manifest(rng, mio):
+    from mio.data.manifest import parse_line
+
+    line = json.dumps(_json_value(rng, depth=1), default=str) if rng.random() < 0.9 else rng.choice(["{", "[1,", "", "nan"])
+    parse_line(line, Path("/nonexistent"), "fuzz.jsonl:1", rng.choice([None, "language", "image_text_pair"]))
+    return "handled", None
+
+
+RUN_FILES = ["config.json", "run.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors",
+             "image_tokenizer/config.json", "image_tokenizer/model.safetensors", "speech_tokenizer/config.json",
+             "speech_tokenizer/model.safetensors"]
+
+
+def case_run_dir(rng, mio):
+    import shutil
+
+    run = Path(tempfile.mkdtemp())
+    try:
+        shutil.copytree(mio.run_dir, run, dirs_exist_ok=True)
+        target = run / rng.choice(RUN_FILES)
+        if target.is_file():
+            data = target.read_bytes()
+            damage = rng.choice(["truncate", "garble", "empty", "delete"])
+            if damage == "delete":
+                target.unlink()
+            else:
+                cut = rng.randint(0, max(len(data) - 1, 0))
+                target.write_bytes({"truncate": data[:cut], "empty": b"",
+                                    "garble": data[:cut] + rng.randbytes(16) + data[cut + 16:]}[damage])
+        MIO.from_pretrained(run, device="cpu")
+        return "handled", None
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
 CASES = {"id_stream": case_id_stream, "decoding": case_decoding, "messages": case_messages, "media": case_media,
-         "config": case_config}
+         "config": case_config, "manifest": case_manifest, "run_dir": case_run_dir}
 
 
 def run(cases: int, timeout: float, seed: int) -> dict:
@@ -211,6 +257,7 @@ def run(cases: int, timeout: float, seed: int) -> dict:
     tokenizer = build_text_tokenizer(CORPUS, vocab_size=400, layout=SMALL_LAYOUT)
     with tempfile.TemporaryDirectory() as tmp:
         mio = MIO.from_pretrained(make_run_dir(Path(tmp), tokenizer), device="cpu")
+        mio.run_dir = Path(tmp)  # the damaged-run-directory cases copy it
         return _run(mio, cases, timeout, seed)
 
 

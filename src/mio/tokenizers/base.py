@@ -71,7 +71,12 @@ def load_tokenizer(directory: str | Path, protocol: type | None = None):
     if kind not in TOKENIZER_TYPES:
         raise ValueError(f"{config_path}: unknown tokenizer type {kind!r} (known: {sorted(TOKENIZER_TYPES)})")
     module, cls = TOKENIZER_TYPES[kind].split(":")
-    tokenizer = getattr(importlib.import_module(module), cls).load(directory)
+    try:
+        tokenizer = getattr(importlib.import_module(module), cls).load(directory)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as e:  # safetensors, torch and json each raise their own kinds on a damaged file
+        raise ValueError(f"{directory}: cannot load the {kind!r} tokenizer ({type(e).__name__}: {e})") from None
     if protocol is not None and not isinstance(tokenizer, protocol):
         raise ValueError(f"{directory} holds a {kind!r} tokenizer, not the {protocol.__name__} expected there")
     return tokenizer
