@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import json
 import math
@@ -225,12 +226,12 @@ RUN_FILES = ["config.json", "run.json", "tokenizer.json", "tokenizer_config.json
              "speech_tokenizer/model.safetensors"]
 
 
-def case_run_dir(rng, mio):
+def case_run_dir(rng, mio, run_dir: Path):
     import shutil
 
     run = Path(tempfile.mkdtemp())
     try:
-        shutil.copytree(mio.run_dir, run, dirs_exist_ok=True)
+        shutil.copytree(run_dir, run, dirs_exist_ok=True)
         target = run / rng.choice(RUN_FILES)
         if target.is_file():
             data = target.read_bytes()
@@ -249,6 +250,7 @@ def case_run_dir(rng, mio):
 
 CASES = {"id_stream": case_id_stream, "decoding": case_decoding, "messages": case_messages, "media": case_media,
          "config": case_config, "manifest": case_manifest, "run_dir": case_run_dir}
+"""Each boundary's case: `fn(rng, mio)` (run_dir also gets the run directory it damages)."""
 
 
 def run(cases: int, timeout: float, seed: int) -> dict:
@@ -257,15 +259,15 @@ def run(cases: int, timeout: float, seed: int) -> dict:
     tokenizer = build_text_tokenizer(CORPUS, vocab_size=400, layout=SMALL_LAYOUT)
     with tempfile.TemporaryDirectory() as tmp:
         mio = MIO.from_pretrained(make_run_dir(Path(tmp), tokenizer), device="cpu")
-        mio.run_dir = Path(tmp)  # the damaged-run-directory cases copy it
-        return _run(mio, cases, timeout, seed)
+        return _run(mio, Path(tmp), cases, timeout, seed)
 
 
-def _run(mio: MIO, cases: int, timeout: float, seed: int) -> dict:
+def _run(mio: MIO, run_dir: Path, cases: int, timeout: float, seed: int) -> dict:
     signal.signal(signal.SIGALRM, _alarm)
-    counts = {name: Counter() for name in CASES}
+    boundaries = {**CASES, "run_dir": functools.partial(case_run_dir, run_dir=run_dir)}
+    counts = {name: Counter() for name in boundaries}
     examples: list[dict] = []
-    for name, fn in CASES.items():
+    for name, fn in boundaries.items():
         rng = random.Random(f"{seed}-{name}")
         for k in range(cases):
             signal.setitimer(signal.ITIMER_REAL, timeout)

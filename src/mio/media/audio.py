@@ -8,13 +8,14 @@ be the shorter one. Resampling is polyphase filtering (`scipy.signal.resample_po
 
 from __future__ import annotations
 
-import io
 import math
 import numbers
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from mio.media.files import readable
 
 SILENCE_PEAK = 1e-4
 """Peak amplitude below which audio is treated as silent (about -80 dBFS)."""
@@ -38,14 +39,9 @@ def load_audio(source: str | Path | bytes) -> tuple[torch.Tensor, int]:
     [samples] or [channels, samples], rate)."""
     import soundfile as sf
 
-    if isinstance(source, bytes):
-        name, stream = "audio data", io.BytesIO(source)
-    else:
-        name = stream = Path(source)
-        if not stream.is_file():
-            raise FileNotFoundError(f"no audio file {name}")
+    name, stream = readable(source, "audio", lambda path: FileNotFoundError(f"no audio file {path}"))
     try:
-        data, sr = sf.read(stream if isinstance(stream, io.BytesIO) else str(stream), dtype="float32", always_2d=True)
+        data, sr = sf.read(name if isinstance(stream, Path) else stream, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"{name}: not a readable audio file ({e})") from None
     if not SAMPLE_RATES[0] <= sr <= SAMPLE_RATES[1]:

@@ -7,12 +7,13 @@ pixels in training and at inference.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
+
+from mio.media.files import readable
 
 # Images with more pixels than this are refused before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -53,12 +54,7 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
 def open_image(source: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Image:
     """Read an image file (a path, or the file's bytes) as RGB, refusing oversized, truncated
     or corrupt files with an `ImageFileError` naming the file."""
-    if isinstance(source, bytes):
-        name, stream = "image data", io.BytesIO(source)
-    else:
-        name = stream = Path(source)
-        if not stream.is_file():
-            raise ImageFileError(f"{name}: image file not found")
+    name, stream = readable(source, "image", lambda path: ImageFileError(f"{path}: image file not found"))
     try:
         with PILImage.open(stream) as image:
             # The header alone gives the size, so a huge image is refused before decoding.

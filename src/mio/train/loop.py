@@ -144,6 +144,8 @@ class TrainConfig:
             raise ValueError("context_length must be >= 8")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        self.optim.validate()
+        self.model.validate()
 
     def check_paths(self) -> None:
         """Every path the stage reads must exist (checked when it starts, not when parsed,
@@ -167,8 +169,6 @@ class Stage:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         cfg.validate()
-        cfg.optim.validate()
-        cfg.model.validate()
         cfg.check_paths()
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
