@@ -4,7 +4,8 @@
 
 Each case is drawn at random for one boundary (id streams through both parsers, decoding
 options, messages and content parts, media bytes, stage configs, manifest lines, run
-directories with one file truncated, garbled, emptied or deleted) and classified as
+directories with one file truncated, garbled, emptied or deleted, `mio` command lines with odd
+arguments, files, configs and stdin) and classified as
 `handled` (a result, or the right result), `clear_error` (a ValueError or OSError: what the
 CLI prints in one line), `traceback` (any other exception), `corruption` (a wrong result
 accepted: the two parsers disagree, or a non-finite setting accepted) or `hang` (no answer
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import functools
 import io
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -248,6 +251,81 @@ def case_run_dir(rng, mio, run_dir: Path):
         shutil.rmtree(run, ignore_errors=True)
 
 
+CLI_VALUES = {
+    "number": ["0", "-1", "1", "3", "1.5", "nan", "inf", "-inf", "1e-45", "2" * 30, "abc", ""],
+    "device": ["auto", "cpu", "cuda", "cuda:7", "mps", "banana", ""],
+    "name": ["x", "../../x", "", ".hidden", "a/b", "text_mcq", "image_generation", "bogus"],
+}
+CLI_FLAGS = {"--max-new-tokens": "number", "--temperature": "number", "--seed": "number", "--guidance-scale": "number",
+             "--limit": "number", "--batch-size": "number", "--device": "device", "--prefix": "name", "--suite": "name",
+             "--output-modalities": "name", "--out": "path"}
+COMMAND_FLAGS = {
+    "generate": ["--max-new-tokens", "--temperature", "--seed", "--guidance-scale", "--device", "--prefix",
+                 "--output-modalities", "--out"],
+    "chat": ["--max-new-tokens", "--temperature", "--seed", "--guidance-scale", "--device", "--out"],
+    "eval": ["--limit", "--batch-size", "--seed", "--device", "--suite", "--out"],
+}
+
+
+def _toml_text(rng) -> str:
+    if rng.random() < 0.2:
+        return rng.choice(["", "[", "name = ", "= 3", "\x00\xff", "[model]\n[model]\n", "steps = 1\nsteps = 2\n"])
+    lines = []
+    for _ in range(rng.randint(0, 6)):
+        key = rng.choice([*CONFIG_FIELDS, "name", "out_dir", "text_tokenizer", "manifest", "image_tokenizer",
+                          "data.ratios", "data.sources.language", "sources", "bogus"])
+        value = rng.choice(['"x"', "1", "0", "-3", "1.5", "nan", "inf", "true", "[]", "{}", '"runs/o"', '"/nonexistent"'])
+        lines.append(f"{key} = {value}" if "." not in key else f'{key.split(".")[-1]} = {value}')
+    return "\n".join(lines) + "\n"
+
+
+def case_cli(rng, mio, run_dir: Path):
+    """One `mio` command line with odd arguments, files or stdin, run in-process from a scratch
+    folder: a non-zero exit is a clear error (`main` reports ValueError and OSError in one
+    line; anything else escapes it and counts as a traceback)."""
+    from mio.cli.main import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        odd_file = tmp / "odd.png"
+        odd_file.write_bytes(_media_bytes(rng)[0])
+        model = rng.choice([str(run_dir)] * 4 + [str(tmp), str(odd_file), "/nonexistent"])
+        command = rng.choice(["generate", "chat", "eval", "prepare", "train"])
+        if command in ("generate", "chat", "eval"):
+            argv = [command, "--model", model]
+            if command == "generate":
+                argv += ["--prompt", rng.choice(["a red circle", f"{{image:{odd_file}}} what is this?", "{image:", "}{",
+                                                 f"{{speech:{odd_file}}}", f"{{video:{odd_file}}}", "{bogus:x}", ""])]
+            if command == "eval":
+                argv += ["--world", rng.choice([str(tmp), str(odd_file), "/nonexistent"])]
+            for _ in range(rng.randint(0, 3)):
+                flag = rng.choice(COMMAND_FLAGS[command])
+                kind = CLI_FLAGS[flag]
+                value = rng.choice([str(odd_file), str(tmp / "new"), "/proc/x"]) if kind == "path" else rng.choice(CLI_VALUES[kind])
+                argv += [flag, value]
+            if "--max-new-tokens" not in argv:
+                argv += ["--max-new-tokens", "3"] if command != "eval" else ["--limit", "1"]
+        else:
+            config = tmp / "c.toml"
+            config.write_text(_toml_text(rng))
+            argv = [command, str(config)]
+            if rng.random() < 0.5:
+                argv += ["--set", rng.choice(CONFIG_FIELDS) + "=" + rng.choice(CLI_VALUES["number"])] if command == "train" else ["--overwrite"]
+        lines = "\n".join(rng.choice(["hi", "/image " + str(odd_file), "/audio " + str(odd_file), "/video /nope", "/voice",
+                                       "/reset", "/bogus", "", "/image"]) for _ in range(rng.randint(0, 4)))
+        stdin, sys.stdin, cwd = sys.stdin, io.StringIO(lines), os.getcwd()
+        os.chdir(tmp)  # default output folders land here
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # chat's replies
+                code = main(argv)
+        except SystemExit as e:  # argparse's one-line usage error
+            code = e.code
+        finally:
+            sys.stdin = stdin
+            os.chdir(cwd)
+    return ("handled" if code == 0 else "clear_error"), argv
+
+
 CASES = {"id_stream": case_id_stream, "decoding": case_decoding, "messages": case_messages, "media": case_media,
          "config": case_config, "manifest": case_manifest, "run_dir": case_run_dir}
 """Each boundary's case: `fn(rng, mio)` (run_dir also gets the run directory it damages)."""
@@ -264,7 +342,8 @@ def run(cases: int, timeout: float, seed: int) -> dict:
 
 def _run(mio: MIO, run_dir: Path, cases: int, timeout: float, seed: int) -> dict:
     signal.signal(signal.SIGALRM, _alarm)
-    boundaries = {**CASES, "run_dir": functools.partial(case_run_dir, run_dir=run_dir)}
+    boundaries = {**CASES, "run_dir": functools.partial(case_run_dir, run_dir=run_dir),
+                  "cli": functools.partial(case_cli, run_dir=run_dir)}
     counts = {name: Counter() for name in boundaries}
     examples: list[dict] = []
     for name, fn in boundaries.items():
@@ -274,6 +353,8 @@ def _run(mio: MIO, run_dir: Path, cases: int, timeout: float, seed: int) -> dict
             detail = None
             try:
                 outcome, detail = fn(rng, mio)
+                if outcome == "clear_error":  # a CLI exit: the error was reported in one line
+                    detail = None
             except Hang:
                 outcome = "hang"
             except (ValueError, OSError):

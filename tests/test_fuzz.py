@@ -133,3 +133,5 @@ def test_the_fuzz_report_finds_no_traceback_corruption_or_hang():
     report = run(cases=40, timeout=20.0, seed=1)
     assert set(report["total"]) <= {"handled", "clear_error"}, report["examples"]
     assert report["total"]["handled"] > 0 and report["total"]["clear_error"] > 0
+    assert {"id_stream", "media", "run_dir", "cli"} <= set(report["counts"])
+    assert sum(report["counts"]["cli"].values()) == 40

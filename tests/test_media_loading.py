@@ -11,7 +11,7 @@ import pytest
 from PIL import Image as PILImage
 
 from mio.api import load_image
-from mio.media.image import ImageFileError, open_image
+from mio.media.image import ImageFileError, open_image, to_rgb
 
 
 def _file(tmp_path, name: str, image: PILImage.Image, **save) -> bytes:
@@ -75,6 +75,9 @@ def test_a_nan_pixel_does_not_blacken_a_float_image(tmp_path):
 def test_images_without_pixels_or_too_many_are_refused(tmp_path):
     with pytest.raises(ImageFileError, match="cannot read image|has no pixels"):
         open_image(_file(tmp_path, "empty.gif", PILImage.new("RGB", (1, 1)), format="GIF")[:20])
+    for size in ((0, 0), (0, 5)):  # an image made in memory, not read from a file
+        with pytest.raises(ImageFileError, match=f"image is {size[0]}x{size[1]}, it has no pixels"):
+            to_rgb(PILImage.new("RGB", size))
     big = _file(tmp_path, "big.png", PILImage.new("L", (100, 100)))
     with pytest.raises(ImageFileError, match="more than the 5000 pixel limit"):
         open_image(big, max_pixels=5000)

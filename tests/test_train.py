@@ -1,5 +1,6 @@
 """The trainer end to end on tiny shards: loss goes down, kill -9 and resume, stage chaining, torchrun + FSDP2."""
 
+import dataclasses
 import json
 import os
 import random
@@ -211,6 +212,33 @@ def test_shards_of_another_vocabulary_are_refused(tmp_path, data_dir, vocab):
     config = load_config(cfg, {"data.sources.language": str(other)})
     with pytest.raises(ValueError, match=rf"language shards at .* vocabulary of {vocab.size + 10} tokens"):
         Stage(config)
+
+
+def test_a_resume_into_another_shape_layout_or_mixture_is_refused(tmp_path, data_dir):
+    cfg = write_config(tmp_path / "r.toml", data_dir, tmp_path / "r", steps=6, save_every=3, eval_every=0)
+    stage = Stage(load_config(cfg))
+    stage.train_step()
+    stage.save_checkpoint()
+    for override, message in [
+        ({"model.hidden_size": 64}, r"model.embed_tokens.weight is \[\d+, 48\] there, \[\d+, 64\] here"),
+        ({"model.num_layers": 3}, r"does not fit this stage's model: 9 tensors missing \(first \['model.layers.2"),
+        ({"data.seed": 6}, "mixture state has seed 5, the config 6"),
+        ({"data.ratios": {"pair": 1}}, "mixture state is for sources"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Stage(load_config(cfg, override), resume=True)
+
+
+def test_shards_of_another_media_layout_are_refused(tmp_path, data_dir, vocab):
+    cfg = write_config(tmp_path / "l.toml", data_dir, tmp_path / "l")
+    config = load_config(cfg)
+    written = tmp_path / "written"
+    with ShardWriter(written / "shard_00000", vocab.size, dataclasses.asdict(config.layout)) as w:
+        for d in make_docs(vocab, "language", 4, 0):
+            w.append(d)
+    Stage(load_config(cfg, {"data.sources.language": str(written)}))  # the same layout: accepted
+    with pytest.raises(ValueError, match=r"language shards at .* layout image_codebook_size = 64; .* says 60"):
+        Stage(load_config(cfg, {"data.sources.language": str(written), "layout.image_codebook_size": 60}))
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):

@@ -290,6 +290,16 @@ class Dataset:
         """The vocabulary sizes the shards were written for (one, unless they were mixed up)."""
         return {int(s.meta["vocab_size"]) for s in self.shards}
 
+    @property
+    def layouts(self) -> list[dict]:
+        """The distinct media layouts the shards were written for (those that recorded one)."""
+        out: list[dict] = []
+        for s in self.shards:
+            layout = s.meta.get("layout") or {}
+            if layout and layout not in out:
+                out.append(layout)
+        return out
+
 
 def find_shards(path: str | Path) -> list[Path]:
     """Shard directories at or under `path`, sorted by path; hidden (temporary) ones skipped."""

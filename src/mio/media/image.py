@@ -28,7 +28,10 @@ class ImageFileError(ValueError):
 def to_rgb(image: PILImage.Image) -> PILImage.Image:
     """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16-bit and 32-bit
     integer images are scaled to 8 bits (a plain `convert` would clip them to white); float
-    images are scaled from their lowest to their highest finite value."""
+    images are scaled from their lowest to their highest finite value. An image without
+    pixels is refused."""
+    if image.width == 0 or image.height == 0:
+        raise ImageFileError(f"image is {image.width}x{image.height}, it has no pixels")
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):

@@ -62,6 +62,21 @@ def load(checkpoint: Path, tie_word_embeddings: bool) -> tuple[dict, dict]:
     return model_state, trainer_state
 
 
+def check_shapes(checkpoint: Path, saved: dict, model: dict) -> None:
+    """Refuse to resume into a model of another shape (a changed [model] or tokenizer), naming
+    the first tensor that differs; shapes of DTensors are their full shapes."""
+    missing, extra = sorted(model.keys() - saved.keys()), sorted(saved.keys() - model.keys())
+    if missing or extra:
+        raise ValueError(f"checkpoint {checkpoint} does not fit this stage's model: "
+                         f"{len(missing)} tensors missing (first {missing[:1]}), {len(extra)} unexpected (first {extra[:1]}); "
+                         "resume with the config it was written with, or start a new out_dir")
+    for name, tensor in model.items():
+        if tuple(saved[name].shape) != tuple(tensor.shape):
+            raise ValueError(f"checkpoint {checkpoint} does not fit this stage's model: {name} is "
+                             f"{list(saved[name].shape)} there, {list(tensor.shape)} here; "
+                             "resume with the config it was written with, or start a new out_dir")
+
+
 def rng_state() -> dict:
     """Every RNG a stage may touch, as plain lists (loadable with weights_only=True)."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()

@@ -18,6 +18,7 @@ disjoint share of the mixture (`distributed.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -214,11 +215,19 @@ class Stage:
     def _check_shards(self) -> None:
         """Every shard must be written with this stage's vocabulary: ids of another tokenizer
         would train the wrong rows (or index past the embedding)."""
+        layout = dataclasses.asdict(self.cfg.layout)
         for name, path in [*self.cfg.data.sources.items(), *self.cfg.validation.items()]:
-            other = open_dataset(path).vocab_sizes - {self.vocab.size}
+            dataset = open_dataset(path)
+            other = dataset.vocab_sizes - {self.vocab.size}
             if other:
                 raise ValueError(f"{name} shards at {path} were written for a vocabulary of {min(other)} tokens; "
                                  f"{self.cfg.text_tokenizer} has {self.vocab.size}: prepare them with this tokenizer")
+            for written in dataset.layouts:
+                differs = {k: (written[k], v) for k, v in layout.items() if k in written and written[k] != v}
+                if differs:
+                    key, (was, now) = next(iter(differs.items()))
+                    raise ValueError(f"{name} shards at {path} were written for layout {key} = {was}; "
+                                     f"this stage's [layout] says {now}")
 
     # -- checkpoints --
 
@@ -249,6 +258,7 @@ class Stage:
             log.info("no checkpoint in %s; starting from the beginning", self._checkpoint_dir())
             return
         model_state, state = checkpoint.load(ckpt, distributed.unwrap(self.model).config.tie_word_embeddings)
+        checkpoint.check_shapes(ckpt, model_state, distributed.unwrap(self.model).state_dict())
         distributed.load_full_state(self.model, self.optimizer, model_state, state["optimizer"], self.world_size)
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
