@@ -301,7 +301,8 @@ def case_cli(rng, mio, run_dir: Path):
             for _ in range(rng.randint(0, 3)):
                 flag = rng.choice(COMMAND_FLAGS[command])
                 kind = CLI_FLAGS[flag]
-                value = rng.choice([str(odd_file), str(tmp / "new"), "/proc/x"]) if kind == "path" else rng.choice(CLI_VALUES[kind])
+                paths = [str(odd_file), str(tmp / "new"), "/proc/x"]
+                value = rng.choice(paths if kind == "path" else CLI_VALUES[kind])
                 argv += [flag, value]
             if "--max-new-tokens" not in argv:
                 argv += ["--max-new-tokens", "3"] if command != "eval" else ["--limit", "1"]
@@ -309,8 +310,10 @@ def case_cli(rng, mio, run_dir: Path):
             config = tmp / "c.toml"
             config.write_text(_toml_text(rng))
             argv = [command, str(config)]
-            if rng.random() < 0.5:
-                argv += ["--set", rng.choice(CONFIG_FIELDS) + "=" + rng.choice(CLI_VALUES["number"])] if command == "train" else ["--overwrite"]
+            if rng.random() < 0.5 and command == "train":
+                argv += ["--set", rng.choice(CONFIG_FIELDS) + "=" + rng.choice(CLI_VALUES["number"])]
+            elif rng.random() < 0.5:
+                argv.append("--overwrite")
         lines = "\n".join(rng.choice(["hi", "/image " + str(odd_file), "/audio " + str(odd_file), "/video /nope", "/voice",
                                        "/reset", "/bogus", "", "/image"]) for _ in range(rng.randint(0, 4)))
         stdin, sys.stdin, cwd = sys.stdin, io.StringIO(lines), os.getcwd()
