@@ -1,7 +1,7 @@
 """The package layout is the data flow: every import points down the layers, and none forms a cycle.
 
     core (segments, vocab, templates, prompts, config, device, logs)
-      -> media -> tokenizers -> data -> toyworld -> judges -> model -> train
+      -> media -> tokenizers -> data -> toyworld -> judges -> model, released -> train
       -> generate -> api -> eval, serve -> demo -> cli
 
 A module may import from its own layer and the layers before it; imports inside functions
@@ -19,7 +19,7 @@ LAYERS = [
     {"data"},
     {"toyworld"},
     {"judges"},
-    {"model"},
+    {"model", "released"},
     {"train"},
     {"generate"},
     {"api"},

@@ -27,6 +27,7 @@ SMOKE = {
 NOT_HERE = {
     "mio train configs/paper/": "needs the paper's data and the released tokenizers; tests/test_configs.py parses them",
     "torchrun ": "tests/test_train.py::test_torchrun_two_cpu_processes_fsdp2 runs FSDP2 on 2 CPU processes",
+    "mio convert ": "needs a released MIO-7B directory; tests/test_released.py converts a tiny replica of its layout",
 }
 STDIN = {"mio chat": "what colour is the circle?\n/quit\n"}
 

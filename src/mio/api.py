@@ -37,6 +37,7 @@ from mio.media.audio import AudioError, load_audio
 from mio.media.content_parts import segment_from_part
 from mio.media.image import open_image
 from mio.media.video import MIN_FRAMES, read_video, select_frames
+from mio.released import IMAGE_DECODER_DIR, IMAGE_TOKENIZER_DIR, SPEECH_TOKENIZER_DIR
 from mio.segments import ROLES, Image, Malformed, Message, Segment, Speech, Text, Video
 from mio.templates import MODES
 from mio.tokenizers.base import ImageTokenizer, SpeechTokenizer, load_tokenizer
@@ -46,8 +47,9 @@ from mio.vocab import StreamParser, Vocab, VocabLayout
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKENIZER_DIRS = ("image_tokenizer",)
-SPEECH_TOKENIZER_DIRS = ("speech_tokenizer", "SpeechTokenizer")  # ours; the released MIO-7B layout
+# Ours, then the released MIO-7B layout's (`mio.released`).
+IMAGE_TOKENIZER_DIRS = ("image_tokenizer", IMAGE_TOKENIZER_DIR)
+SPEECH_TOKENIZER_DIRS = ("speech_tokenizer", SPEECH_TOKENIZER_DIR)
 DEFAULT_FRAME_SIZE = 224
 """Frame side for videos read from files when the image tokenizer does not say its input size."""
 
@@ -130,15 +132,18 @@ class MIO:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "auto") -> MIO:
         """Load a run directory: HF model + text tokenizer, `image_tokenizer/` and
-        `speech_tokenizer/` (or a released `SpeechTokenizer/`), and the layout from
-        run.json's config (inferred from the tokenizer when run.json is absent)."""
+        `speech_tokenizer/`, and the layout from run.json's config (inferred from the
+        tokenizer when run.json is absent); or a released MIO-7B directory (`mio.released`):
+        `seed-tokenizer-2/` with the unCLIP decoder of `stable-diffusion-2-1-unclip/` (with the
+        `diffusion` extra installed; without it generated images stay codes) and `SpeechTokenizer/`."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model directory not found: {path}")
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a model directory: it has no config.json")
+        device = resolve_device(device)
         tokenizer = load_text_tokenizer(path)
-        image_tokenizer = _load_media_tokenizer(path, IMAGE_TOKENIZER_DIRS, ImageTokenizer)
+        image_tokenizer = _load_media_tokenizer(path, IMAGE_TOKENIZER_DIRS, ImageTokenizer, device)
         speech_tokenizer = _load_media_tokenizer(path, SPEECH_TOKENIZER_DIRS, SpeechTokenizer)
         config = _run_config(path)
         if "layout" in config:
@@ -146,7 +151,7 @@ class MIO:
         else:
             layout = infer_layout(tokenizer, image_tokenizer, speech_tokenizer)
             log.info("no layout in %s; inferred %s from the tokenizer", path / RUN_FILE, layout)
-        model = _load_model(path).to(resolve_device(device))
+        model = _load_model(path).to(device)
         return cls(model, Vocab(tokenizer, layout), image_tokenizer, speech_tokenizer, config.get("context_length"))
 
     # ---- inputs
@@ -353,6 +358,8 @@ class MIO:
         images = [i for i in _images_in(segments) if i.image is None and i.codes is not None]
         if images and self.image_tokenizer is None:
             log.warning("no image tokenizer: %d generated images are returned as codes only", len(images))
+        elif images and not getattr(self.image_tokenizer, "can_decode", True):
+            log.warning("the image tokenizer has no decoder: %d generated images are returned as codes only", len(images))
         elif images:
             for image, pil in zip(images, self.image_tokenizer.decode(torch.stack([i.codes for i in images]))):
                 image.image = pil
@@ -403,14 +410,31 @@ def _load_model(path: Path):
     return model
 
 
-def _load_media_tokenizer(path: Path, names: Sequence[str], protocol: type):
+def _load_media_tokenizer(path: Path, names: Sequence[str], protocol: type, device: torch.device | None = None):
     kind = "image" if protocol is ImageTokenizer else "speech"
     for name in names:
+        if name == IMAGE_TOKENIZER_DIR and (path / name).is_dir():  # SEED's codes decode through unCLIP
+            return load_tokenizer(path / name, protocol, decoder=_load_image_decoder(path, device)).to(device)
         if (path / name).is_dir():
             return load_tokenizer(path / name, protocol)
     log.warning("%s has no %s tokenizer (%s); %s inputs need codes and outputs stay codes",
                 path, kind, " or ".join(names), kind)
     return None
+
+
+def _load_image_decoder(path: Path, device: torch.device | None):
+    """The released model's unCLIP decoder, or None (generated images then stay codes)."""
+    folder = path / IMAGE_DECODER_DIR
+    if not folder.is_dir():
+        log.warning("%s has no %s/: generated images are returned as codes", path, IMAGE_DECODER_DIR)
+        return None
+    try:
+        from mio.tokenizers.unclip_decoder import UnclipDecoder
+
+        return UnclipDecoder.load(folder, device=device or "cpu")
+    except ImportError as e:
+        log.warning("%s; generated images are returned as codes", e)
+        return None
 
 
 # ---------------------------------------------------------------- writing replies

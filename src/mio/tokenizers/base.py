@@ -51,28 +51,45 @@ TOKENIZER_TYPES: dict[str, str] = {
     "mio-image": "mio.tokenizers.image:EmbeddedImageTokenizer",
     "mio-speech": "mio.tokenizers.speech:EmbeddedSpeechTokenizer",
     "speechtokenizer": "mio.tokenizers.speechtokenizer_adapter:SpeechTokenizerAdapter",
+    "seed-tokenizer": "mio.tokenizers.seed_tokenizer:SeedImageTokenizer",
 }
 
 
-def load_tokenizer(directory: str | Path, protocol: type | None = None):
-    """Load any registered tokenizer from its directory by the `type` in its config.json;
-    with `protocol` (`ImageTokenizer` or `SpeechTokenizer`), refuse a tokenizer of another kind."""
-    directory = Path(directory)
+# Released directories whose config.json has no "type" (or that have no config.json): the
+# file that identifies each.
+RELEASED_MARKERS: dict[str, tuple[str, ...]] = {
+    "speechtokenizer": ("SpeechTokenizer.pt", "SpeechTokenizer.safetensors"),
+    "seed-tokenizer": ("seed_quantizer.pt", "seed_quantizer.safetensors"),
+}
+
+
+def _tokenizer_kind(directory: Path) -> str:
     config_path = directory / "config.json"
-    if not config_path.is_file():
+    kind = None
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+        kind = config.get("type") if isinstance(config, dict) else None
+    if kind is None:
+        kind = next((k for k, files in RELEASED_MARKERS.items() if any((directory / f).is_file() for f in files)), None)
+    if kind is None and not config_path.is_file():
         raise FileNotFoundError(f"no tokenizer config.json in {directory}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_path}: not valid JSON ({e})") from None
-    kind = config.get("type") if isinstance(config, dict) else None
-    if kind is None and (directory / "SpeechTokenizer.pt").is_file():
-        kind = "speechtokenizer"  # a released SpeechTokenizer directory has no "type" key
     if kind not in TOKENIZER_TYPES:
         raise ValueError(f"{config_path}: unknown tokenizer type {kind!r} (known: {sorted(TOKENIZER_TYPES)})")
+    return kind
+
+
+def load_tokenizer(directory: str | Path, protocol: type | None = None, **options):
+    """Load any registered tokenizer from its directory by the `type` in its config.json (or
+    a released directory by its weights file); with `protocol` (`ImageTokenizer` or
+    `SpeechTokenizer`), refuse a tokenizer of another kind. `options` go to its `load`."""
+    directory = Path(directory)
+    kind = _tokenizer_kind(directory)
     module, cls = TOKENIZER_TYPES[kind].split(":")
     try:
-        tokenizer = getattr(importlib.import_module(module), cls).load(directory)
+        tokenizer = getattr(importlib.import_module(module), cls).load(directory, **options)
     except (FileNotFoundError, ValueError):
         raise
     except Exception as e:  # safetensors, torch and json each raise their own kinds on a damaged file

@@ -1,7 +1,8 @@
 """Adapter for the paper's SpeechTokenizer (as shipped in the released MIO checkpoints).
 
 A released `SpeechTokenizer/` directory holds `config.json` (the model hyper-parameters,
-without a "type" key) and `SpeechTokenizer.pt` (a state_dict). The model class comes from
+without a "type" key) and `SpeechTokenizer.pt` (a state_dict, read with weights_only=True);
+`mio convert` writes the same weights as `SpeechTokenizer.safetensors`, preferred when present. The model class comes from
 the `speechtokenizer` PyPI package, installed with `pip install --no-deps speechtokenizer`.
 
 Import workaround: the package's `__init__` also imports its trainer, which needs
@@ -26,6 +27,7 @@ import types
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mio.media.audio import prepare_wave
 from mio.tokenizers.speech import check_codes
@@ -33,6 +35,7 @@ from mio.tokenizers.speech import check_codes
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "SpeechTokenizer.pt"
+SAFETENSORS_FILE = "SpeechTokenizer.safetensors"
 CONFIG_FILE = "config.json"
 KEPT_LAYERS = 4
 MAX_SECONDS = 15.0
@@ -61,7 +64,8 @@ def speechtokenizer_model_class() -> type:
 def is_speechtokenizer_dir(directory: str | Path) -> bool:
     """Whether `directory` looks like a released SpeechTokenizer directory."""
     directory = Path(directory)
-    return (directory / CHECKPOINT_FILE).is_file() and (directory / CONFIG_FILE).is_file()
+    weights = (directory / SAFETENSORS_FILE).is_file() or (directory / CHECKPOINT_FILE).is_file()
+    return weights and (directory / CONFIG_FILE).is_file()
 
 
 class SpeechTokenizerAdapter:
@@ -85,13 +89,18 @@ class SpeechTokenizerAdapter:
 
     @classmethod
     def load(cls, directory: str | Path) -> SpeechTokenizerAdapter:
-        """Load `config.json` + `SpeechTokenizer.pt` (state_dict, read with weights_only=True)."""
+        """Load `config.json` + `SpeechTokenizer.safetensors`, or `SpeechTokenizer.pt` (a
+        state_dict, read with weights_only=True)."""
         directory = Path(directory)
         if not is_speechtokenizer_dir(directory):
-            raise FileNotFoundError(f"{directory} is not a SpeechTokenizer directory (needs {CONFIG_FILE} and {CHECKPOINT_FILE})")
+            raise FileNotFoundError(f"{directory} is not a SpeechTokenizer directory "
+                                    f"(needs {CONFIG_FILE} and {SAFETENSORS_FILE} or {CHECKPOINT_FILE})")
         config = json.loads((directory / CONFIG_FILE).read_text())
         model = speechtokenizer_model_class()(config)
-        state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        if (directory / SAFETENSORS_FILE).is_file():
+            state = load_file(str(directory / SAFETENSORS_FILE))
+        else:
+            state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         return cls(model, config, directory)
 
@@ -110,8 +119,10 @@ class SpeechTokenizerAdapter:
         return wave[0, 0].float().cpu(), self.sample_rate
 
     def save(self, directory: str | Path) -> None:
-        """Write the same layout back: `config.json` + `SpeechTokenizer.pt` (state_dict)."""
+        """Write the released layout with safetensors weights: `config.json` +
+        `SpeechTokenizer.safetensors`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
-        torch.save(self.model.state_dict(), directory / CHECKPOINT_FILE)
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(directory / SAFETENSORS_FILE))
