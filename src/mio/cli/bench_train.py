@@ -21,10 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="rows per batch B for both methods (default: the preset's)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic corpus")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on a GPU, else fp32")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: known GPUs' bf16 peak)")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = benchmark(args.preset, args.steps, args.context_length, args.batch_size, args.device, args.seed)
+    result = benchmark(args.preset, args.steps, args.context_length, args.batch_size, args.device, args.seed,
+                       args.precision, args.peak_tflops)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

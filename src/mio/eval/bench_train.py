@@ -36,6 +36,14 @@ rows (these take turns with the two methods above):
   costs without masking: the speed target. (It goes through `mio_document` with one document
   per row: a plain `is_causal` SDPA call plus the gather of the rows, a copy.)
 
+Precision: fp32, or bf16 autocast (the default on a GPU, as the trainer does). Model FLOPs
+utilisation (MFU) of the packed method is its useful tokens per second times the model's
+training FLOPs per token, over the device's peak: 6 x (the parameters of every matmul,
+LM head included, embedding lookup not) + 6 x layers x hidden x L for attention, counted as
+causal over the whole row (document masking does less, so this is the usual upper bound).
+The peak is the dense bf16 tensor-core figure of a known GPU (`PEAK_BF16_TFLOPS`) or
+`--peak-tflops`; without either MFU is not reported (a CPU has no meaningful one).
+
 The corpus (documents of random ids within the vocab; only lengths matter here) follows the
 paper's Stage II batch ratio image-text pair : language : video : speech = 2 : 2 : 6 : 6,
 with speech split evenly between ASR and TTS. Lengths, from MIO's layouts:
@@ -56,6 +64,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +118,17 @@ PRESETS = {
         batch_size=2,
         steps=20,
         warmup_steps=2,
+    ),
+    # For a GPU (the prepared GPU check): 0.4B parameters at the paper's context of 2800,
+    # about a minute of an H100 in bf16.
+    "gpu": Preset(
+        ModelConfig(hidden_size=1024, num_layers=16, num_heads=16, num_kv_heads=4, intermediate_size=2816,
+                    max_position_embeddings=4096),
+        vocab_size=64000 + 12292,
+        context_length=2800,
+        batch_size=8,
+        steps=10,
+        warmup_steps=3,
     ),
     # Seconds on a CPU: for tests and smoke runs.
     "tiny": Preset(
@@ -169,17 +189,43 @@ class Measurement:
         return self.pad_tokens / (self.useful_tokens + self.pad_tokens)
 
 
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
+                    "A10G": 125.0, "L4": 121.0}
+"""Dense bf16 tensor-core peaks (TFLOP/s) by a name in `torch.cuda.get_device_name` (SXM parts)."""
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak from `PEAK_BF16_TFLOPS`, or None when it is not known."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def training_flops_per_token(model, context_length: int) -> float:
+    """Forward + backward FLOPs per token: 6 x matmul parameters (the embedding lookup is not
+    a matmul; the LM head is) + 6 x layers x hidden x L (attention, causal over the row)."""
+    cfg = model.config
+    embedding = model.get_input_embeddings().weight.numel()
+    matmul = sum(p.numel() for p in model.parameters() if p.dim() == 2) - embedding  # norms' vectors are not matmuls
+    if cfg.tie_word_embeddings:  # the head reuses the embedding matrix
+        matmul += embedding
+    return 6.0 * matmul + 6.0 * cfg.num_hidden_layers * cfg.hidden_size * context_length
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def train_step(model, optimizer: torch.optim.Optimizer, batch: PackedBatch, device: torch.device) -> float:
-    """One optimizer step on `batch`; returns its wall-clock seconds."""
+def train_step(model, optimizer: torch.optim.Optimizer, batch: PackedBatch, device: torch.device,
+               bf16: bool = False) -> float:
+    """One optimizer step on `batch` (under bf16 autocast with `bf16`); returns its wall-clock seconds."""
     _synchronize(device)
     start = time.perf_counter()
     batch = batch.to(device)
-    losses = token_losses(model, batch)
+    with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        losses = token_losses(model, batch)
     count = (batch.labels != IGNORE).sum().clamp(min=1)
     (losses.sum() / count).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -202,7 +248,8 @@ def whole_rows(batch: PackedBatch) -> PackedBatch:
     return dataclasses.replace(batch, document_ids=torch.zeros_like(batch.document_ids))
 
 
-def measure(preset: Preset, methods: dict[str, Method], warmup_steps: int, device: torch.device) -> dict[str, Measurement]:
+def measure(preset: Preset, methods: dict[str, Method], warmup_steps: int, device: torch.device,
+            bf16: bool = False) -> dict[str, Measurement]:
     """Train one fresh, identically initialised model per method on its batches.
 
     The methods take turns step by step, so load from other jobs on a shared machine falls
@@ -217,7 +264,7 @@ def measure(preset: Preset, methods: dict[str, Method], warmup_steps: int, devic
     for step in range(steps):
         for name, method in methods.items():
             batch = method.batches[step]
-            seconds = train_step(*trainers[name], batch, device)
+            seconds = train_step(*trainers[name], batch, device, bf16)
             if step >= warmup_steps:
                 m = results[name]
                 m.useful_tokens += batch.num_tokens - batch.num_pad
@@ -227,20 +274,26 @@ def measure(preset: Preset, methods: dict[str, Method], warmup_steps: int, devic
     return results
 
 
-def describe_model(preset: Preset, context_length: int) -> str:
+def describe_model(preset: Preset, context_length: int, precision: str) -> tuple[str, float]:
+    """A one-line description of the benchmarked model, and its training FLOPs per token."""
     cfg = preset.model
-    params = count_parameters(build_model(cfg, preset.vocab_size))
-    return (
-        f"Llama {params / 1e6:.1f}M params, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
-        f"{cfg.num_heads} heads, vocab {preset.vocab_size}, context {context_length}, fp32, {cfg.attn_implementation}"
-    )
+    with torch.device("meta"):  # shapes only: a GPU preset need not fit in CPU memory twice
+        model = build_model(cfg, preset.vocab_size)
+    params = count_parameters(model)
+    text = (f"Llama {params / 1e6:.1f}M params, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+            f"{cfg.num_heads} heads, vocab {preset.vocab_size}, context {context_length}, {precision}, "
+            f"{cfg.attn_implementation}")
+    return text, training_flops_per_token(model, context_length)
 
 
 def benchmark(preset_name: str = "small", steps: int | None = None, context_length: int | None = None,
-              batch_size: int | None = None, device: str | None = None, seed: int = 0) -> dict:
+              batch_size: int | None = None, device: str | None = None, seed: int = 0, precision: str = "auto",
+              peak: float | None = None) -> dict:
     """Time masked packing against pad-to-longest on the same synthetic corpus, and document
     attention against the explicit mask and plain causal attention on the packed rows; returns
-    the `mio bench train --json` record (unset sizes come from the preset)."""
+    the `mio bench train --json` record (unset sizes come from the preset). `precision`:
+    auto (bf16 on a GPU, else fp32), fp32 or bf16; `peak`: the device's peak TFLOP/s for MFU
+    (default: `PEAK_BF16_TFLOPS` for a known GPU in bf16)."""
     preset = PRESETS[preset_name]
     steps = steps or preset.steps
     length = context_length or preset.context_length
@@ -250,6 +303,12 @@ def benchmark(preset_name: str = "small", steps: int | None = None, context_leng
     if length > preset.model.max_position_embeddings:
         raise ValueError(f"--context-length {length} exceeds the model's {preset.model.max_position_embeddings} positions")
     device = resolve_device(device or "auto")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if peak is not None and not (peak > 0 and peak < float("inf")):
+        raise ValueError(f"--peak-tflops must be a positive number, got {peak}")
+    peak = peak or (peak_tflops(device) if bf16 else None)
     n = preset.warmup_steps + steps
 
     packer = Packer(length, batch_size, pad_id=0)
@@ -261,7 +320,7 @@ def benchmark(preset_name: str = "small", steps: int | None = None, context_leng
     timed_docs = docs[preset.warmup_steps * batch_size :]
     truncated = sum(max(0, len(d) - length) for d in timed_docs) / sum(len(d) for d in timed_docs)
 
-    model = describe_model(preset, length)
+    model, flops_per_token = describe_model(preset, length, "bf16" if bf16 else "fp32")
     log.info(
         "%s on %s (%d CPU threads): %d timed steps (+%d warmup) per method, %d rows per batch",
         model, device, torch.get_num_threads(), steps, preset.warmup_steps, batch_size,
@@ -273,7 +332,7 @@ def benchmark(preset_name: str = "small", steps: int | None = None, context_leng
         "explicit_mask": Method(packed, "sdpa"),
         "causal": Method([whole_rows(b) for b in packed], attention),
     }
-    results = measure(preset, methods, preset.warmup_steps, device)
+    results = measure(preset, methods, preset.warmup_steps, device, bf16)
     p, q = results["packed"], results["padded"]
     ratio = p.tokens_per_s / q.tokens_per_s
     explicit, causal = results["explicit_mask"], results["causal"]
@@ -286,6 +345,10 @@ def benchmark(preset_name: str = "small", steps: int | None = None, context_leng
     log.info("ratio packed/padded: %.2fx; the baseline truncated %.1f%% of its documents' tokens", ratio, 100 * truncated)
     log.info("packed rows, step time against plain causal attention: document attention %.2fx, explicit mask %.2fx",
              document_vs_causal, explicit.seconds_per_step / causal.seconds_per_step)
+    achieved = p.tokens_per_s * flops_per_token / 1e12
+    mfu = achieved / peak if peak else None
+    log.info("packed: %.1f model TFLOP/s%s", achieved,
+             f", MFU {100 * mfu:.1f}% of {peak:.0f} TFLOP/s" if mfu is not None else " (no peak known: MFU not reported)")
 
     return {
         "packed_tokens_per_s": p.tokens_per_s,
@@ -299,7 +362,13 @@ def benchmark(preset_name: str = "small", steps: int | None = None, context_leng
         "document_vs_causal": document_vs_causal,
         "explicit_mask_vs_causal": explicit.seconds_per_step / causal.seconds_per_step,
         "model": model,
+        "precision": "bf16" if bf16 else "fp32",
+        "training_flops_per_token": flops_per_token,
+        "packed_model_tflops": achieved,
+        "peak_tflops": peak,
+        "mfu": mfu,
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cpu_threads": torch.get_num_threads(),
         "steps": steps,
         "warmup_steps": preset.warmup_steps,
