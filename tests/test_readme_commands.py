@@ -28,6 +28,7 @@ NOT_HERE = {
     "mio train configs/paper/": "needs the paper's data and the released tokenizers; tests/test_configs.py parses them",
     "torchrun ": "tests/test_train.py::test_torchrun_two_cpu_processes_fsdp2 runs FSDP2 on 2 CPU processes",
     "mio convert ": "needs a released MIO-7B directory; tests/test_released.py converts a tiny replica of its layout",
+    "mio serve ": "a server runs until stopped; tests/test_serve.py starts one and talks to it with the openai client",
 }
 STDIN = {"mio chat": "what colour is the circle?\n/quit\n"}
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toyworld": ("mio.cli.toyworld", "build the embedded world's corpus: manifests for pre-training, SFT and evaluation"),
     "eval": ("mio.cli.eval", "score a checkpoint on the evaluation suites"),
     "convert": ("mio.cli.convert", "rewrite a released MIO-7B directory's pickled weights as safetensors"),
+    "serve": ("mio.cli.serve", "an OpenAI-compatible chat-completions server"),
 }
 
 
