@@ -22,8 +22,9 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
+
+from mio.tokenizers.base import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +58,9 @@ def _safetensors_name(name: str) -> str:
     return name.rsplit(".", 1)[0] + ".safetensors"
 
 
-def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch each raise their own kinds
-        raise ValueError(f"{path}: not a weights-only checkpoint ({type(e).__name__}: {e})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # some checkpoints wrap the state_dict
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state_dict of tensors")
-    return state
-
-
 def _convert_file(src: Path, dst_dir: Path) -> str:
     """One pickled state_dict -> safetensors in `dst_dir`; returns the new file's name."""
-    state = _load_pickled(src)
+    state = read_state_dict(src)
     # safetensors stores each buffer once: tensors sharing storage are cloned apart.
     seen: set[int] = set()
     out = {}

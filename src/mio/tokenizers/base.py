@@ -46,6 +46,34 @@ class SpeechTokenizer(Protocol):
     def save(self, directory: str | Path) -> None: ...
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict (names -> tensors) from a safetensors file, or from a torch pickle read with
+    `weights_only=True` (which refuses any object that is not a tensor or a plain container);
+    a damaged or refused file is a ValueError naming it."""
+    import pickle
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # Damaged files and files holding objects other than tensors both end here; neither is unpickled.
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a weights-only checkpoint, refused by the weights_only load ({reason})") from None
+    except (RuntimeError, EOFError, SafetensorError) as e:
+        raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # some checkpoints wrap the state_dict
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ValueError(f"{path}: expected a state_dict (names -> tensors), got {type(state).__name__}")
+    return state
+
+
 # "type" in config.json -> "module:Class" with a `load(directory)` classmethod.
 TOKENIZER_TYPES: dict[str, str] = {
     "mio-image": "mio.tokenizers.image:EmbeddedImageTokenizer",

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,12 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from mio.config import load as load_config
 from mio.media.image import to_rgb
+from mio.tokenizers.base import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -395,24 +394,6 @@ class SeedTokenizerModel(nn.Module):
 # ----------------------------------------------------------------------------- loading
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    """A state_dict from safetensors or from a torch pickle read with weights_only=True."""
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # Damaged files and files holding objects other than tensors both end here; neither is unpickled.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a plain tensor checkpoint, refused by the weights_only load ({reason})") from None
-    except (RuntimeError, EOFError, SafetensorError) as e:
-        raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise ValueError(f"{path}: expected a state_dict (names -> tensors), got {type(state).__name__}")
-    return state
-
-
 def _find(directory: Path, names: Sequence[str]) -> Path:
     for name in names:
         if (directory / name).is_file():
@@ -468,7 +449,7 @@ def load_model(directory: str | Path) -> SeedTokenizerModel:
     with torch.device("meta"):  # shapes only: the real tensors come from the files
         model = SeedTokenizerModel(cfg)
     expected = model.state_dict()
-    quantizer, vision = _read_state(quantizer_path), _read_state(vision_path)
+    quantizer, vision = read_state_dict(quantizer_path), read_state_dict(vision_path)
     read = len(quantizer) + len(vision)
     # A whole-model dump may carry the tower too; SEED loads it after the tower's own file.
     vision = _vision_state(vision, cfg.vision_depth)

@@ -27,9 +27,10 @@ import types
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mio.media.audio import prepare_wave
+from mio.tokenizers.base import read_state_dict
 from mio.tokenizers.speech import check_codes
 
 log = logging.getLogger(__name__)
@@ -97,10 +98,8 @@ class SpeechTokenizerAdapter:
                                     f"(needs {CONFIG_FILE} and {SAFETENSORS_FILE} or {CHECKPOINT_FILE})")
         config = json.loads((directory / CONFIG_FILE).read_text())
         model = speechtokenizer_model_class()(config)
-        if (directory / SAFETENSORS_FILE).is_file():
-            state = load_file(str(directory / SAFETENSORS_FILE))
-        else:
-            state = torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        safetensors = directory / SAFETENSORS_FILE
+        state = read_state_dict(safetensors if safetensors.is_file() else directory / CHECKPOINT_FILE)
         model.load_state_dict(state)
         return cls(model, config, directory)
 
