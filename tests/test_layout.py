@@ -2,7 +2,7 @@
 
     core (segments, vocab, templates, prompts, config, device, logs)
       -> media -> tokenizers -> data -> toyworld -> judges -> model, released -> train
-      -> generate -> api -> eval, serve -> demo -> cli
+      -> generate, decoder -> api -> eval, serve -> demo -> cli
 
 A module may import from its own layer and the layers before it; imports inside functions
 count too. The commands (`cli`) sit on top: nothing in the library imports them.
@@ -21,7 +21,7 @@ LAYERS = [
     {"judges"},
     {"model", "released"},
     {"train"},
-    {"generate"},
+    {"generate", "decoder"},
     {"api"},
     {"eval", "serve"},
     {"demo"},

@@ -18,7 +18,8 @@ from PIL import Image as PILImage
 from conftest import make_run_dir
 from mio.api import MIO
 from mio.cli.main import main
-from mio.segments import Text
+from mio.generate import DecodingConfig
+from mio.segments import Message, Text
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -83,10 +84,15 @@ def test_health_and_models(server, client):
     assert [m.id for m in client.models.list().data] == [MODEL]
 
 
-def test_text_reply(client):
+def test_text_reply_with_usage_and_finish_reason(client):
     reply = ask(client, temperature=0)
     assert reply.object == "chat.completion" and reply.model == MODEL
-    assert isinstance(reply.choices[0].message.content, str) and reply.choices[0].finish_reason == "stop"
+    assert isinstance(reply.choices[0].message.content, str)
+    # The random model does not write its stop token within 8 tokens: the limit ends the reply.
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 8
+    assert reply.usage.prompt_tokens > 0 and reply.usage.total_tokens == reply.usage.prompt_tokens + 8
+    assert ask(client, temperature=0, max_tokens=16, stop=[reply.choices[0].message.content[:2] or "x"]
+               ).choices[0].finish_reason == "stop"
 
 
 def test_image_input(client):
@@ -117,7 +123,9 @@ def test_streaming_concatenates_to_the_reply(server, client):
     assert sum(bool(c.choices[0].delta.content) for c in chunks) > 1  # text arrives in pieces
     assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    with_usage = list(ask(client, temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert with_usage[-1].choices == [] and with_usage[-1].usage.completion_tokens == 8
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 4}
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60,
                       headers={"Authorization": f"Bearer {KEY}"}) as response:
@@ -191,3 +199,68 @@ def test_serve_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--help"])
     assert e.value.code == 0 and "--api-key" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_mio(tmp_path_factory, text_tokenizer):
+    return MIO.from_pretrained(make_run_dir(tmp_path_factory.mktemp("batched"), text_tokenizer), device="cpu")
+
+
+async def _collect(worker: Worker, job: ChatJob, delay: float = 0.0) -> str:
+    await asyncio.sleep(delay)
+    return "".join(s.text for s in [s async for s in worker.stream(job)] if isinstance(s, Text))
+
+
+def test_requests_join_the_running_batch_and_decode_as_alone(tiny_mio, one_thread):
+    greedy = DecodingConfig.greedy()
+    jobs = [ChatJob([Message("user", f"question {i}")], decoding=greedy, overrides={"max_new_tokens": 24})
+            for i in range(4)]
+    alone = ["".join(s.text for s in tiny_mio.stream_chat(j.messages, decoding=greedy, max_new_tokens=24)
+                     if isinstance(s, Text)) for j in jobs]
+    worker = Worker(tiny_mio, queue_size=8, max_batch=3)  # fewer slots than requests: the fourth waits
+    seen_running: list[int] = []
+
+    async def main() -> list[str]:
+        worker.start()
+        watch = asyncio.create_task(_watch(worker, seen_running))
+        # Staggered: later requests arrive while earlier ones are decoding.
+        replies = await asyncio.gather(*[_collect(worker, j, delay=0.02 * i) for i, j in enumerate(jobs)])
+        watch.cancel()
+        return replies
+
+    try:
+        assert asyncio.run(main()) == alone
+    finally:
+        worker.close()
+    assert max(seen_running) > 1, "no two requests were ever decoded in one batch"
+    assert all(j.usage.completion_tokens > 0 and j.finish_reason in ("stop", "length") for j in jobs)
+
+
+async def _watch(worker: Worker, seen: list[int]) -> None:
+    while True:
+        seen.append(worker.running)
+        await asyncio.sleep(0.005)
+
+
+def test_a_request_whose_client_leaves_frees_its_slot(tiny_mio, one_thread):
+    worker = Worker(tiny_mio, queue_size=4, max_batch=2)
+    long = ChatJob([Message("user", "talk")], decoding=DecodingConfig.greedy(), overrides={"max_new_tokens": 400})
+
+    async def main() -> None:
+        worker.start()
+        reply = worker.stream(long)
+        await anext(reply)
+        await reply.aclose()  # the client is gone after one piece
+        for _ in range(400):
+            if worker.running == 0:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the abandoned request still holds its slot")
+
+    try:
+        asyncio.run(main())
+        short = ChatJob([Message("user", "hi")], decoding=DecodingConfig.greedy(), overrides={"max_new_tokens": 4})
+        asyncio.run(_collect(worker, short))
+        assert short.usage.completion_tokens <= 4 and long.usage is None
+    finally:
+        worker.close()

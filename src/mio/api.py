@@ -303,8 +303,8 @@ class MIO:
     def chat_batch(self, conversations: Sequence[Sequence[Message | dict]], mode: str = "std",
                    output_modalities=None, decoding: DecodingConfig | None = None, seed: int | None = None,
                    batch_size: int = 8, **overrides) -> list[list[Segment]]:
-        """`chat` for many conversations, decoded `batch_size` at a time. Greedy replies equal
-        those of single calls; sampled ones depend on the batch (one generator per batch)."""
+        """`chat` for many conversations, decoded `batch_size` at a time. Conversation i samples
+        from its own generator, seeded `seed + i`: its reply does not depend on the batch."""
         if output_modalities is None and mode == "voice":
             output_modalities = {"speech"}
         if not conversations:
@@ -333,17 +333,24 @@ class MIO:
         request = self._request(ids, uncond, (self.vocab.eos_id,), output_modalities, decoding, seed, overrides)
         return self._run(request, batch_size)
 
+    def chat_request(self, messages: Sequence[Message | dict], mode: str = "std", output_modalities=None,
+                     decoding: DecodingConfig | None = None, seed: int | None = None,
+                     **overrides) -> GenerationRequest:
+        """The engine's request for one chat (its media tokenized, its settings checked): what
+        `stream_chat` decodes, and what a server hands to its `Engine`."""
+        if output_modalities is None and mode == "voice":
+            output_modalities = {"speech"}
+        chat = self._messages(messages, mode)
+        return self._request([encode_prompt(chat, self.vocab, mode)], [self._unconditional_chat(chat, mode)],
+                             (self.vocab.im_end, self.vocab.eos_id), output_modalities, decoding, seed, overrides)
+
     def stream_chat(self, messages: Sequence[Message | dict], mode: str = "std", output_modalities=None,
                     decoding: DecodingConfig | None = None, seed: int | None = None,
                     **overrides) -> Iterator[Segment]:
         """`chat`, streamed: yields `Text` pieces as they are generated and each media segment
         (de-tokenized) when it closes; a video when its run of frames ends. Text is decoded
         greedily or sampled per the config, never with beams."""
-        if output_modalities is None and mode == "voice":
-            output_modalities = {"speech"}
-        chat = self._messages(messages, mode)
-        request = self._request([encode_prompt(chat, self.vocab, mode)], [self._unconditional_chat(chat, mode)],
-                                (self.vocab.im_end, self.vocab.eos_id), output_modalities, decoding, seed, overrides)
+        request = self.chat_request(messages, mode, output_modalities, decoding, seed, **overrides)
         parser = StreamParser(self.vocab, video="video" in request.output_modalities)
         for step in stream(self.model, self.vocab, request):
             if step[0] is not None:

@@ -19,8 +19,10 @@ Decoding parameters switch with the modality of the token being generated (paper
 sampling or greedy decoding per modality. Optional classifier-free guidance (not in the
 paper) mixes in an unconditional context for tokens inside media blocks.
 
-Batches are left-padded; positions come from the attention mask, so each row decodes
-exactly as it would alone. The cache is transformers' `DynamicCache`.
+`Engine` runs the batch: each sequence owns a slot of a preallocated KV cache
+(`mio.decoder`), with its own positions, settings and random generator, so it decodes
+exactly as it would alone, and sequences join and leave between steps (continuous
+batching, as the server uses it). `generate` and `stream` run a fixed batch through it.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
+from mio.decoder import Decoder, Recompute, head_logits
 from mio.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -368,54 +370,6 @@ class ModalityState:
         if token == v.speech_start:
             self.block, self.speech_layer, self.speech_count, self.speech_length = "speech", 0, 0, 0
 
-
-# ---------------------------------------------------------------- batched forward with a KV cache
-
-
-class _Batch:
-    """Left-padded token rows, their attention mask and positions, and the KV cache.
-
-    Positions count only real tokens (they start at 0 after the padding), so a row's
-    logits do not depend on what else is in the batch."""
-
-    def __init__(self, model, prompts: Sequence[Sequence[int]], pad_id: int, use_cache: bool):
-        self.model, self.use_cache = model, use_cache
-        device = model.device
-        width = max(len(p) for p in prompts)
-        self.ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-        self.mask = torch.zeros_like(self.ids)
-        for i, p in enumerate(prompts):
-            self.ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long, device=device)
-            self.mask[i, width - len(p):] = 1
-        self.positions = (self.mask.cumsum(-1) - 1).clamp_min(0)
-        self.pending = width  # trailing tokens not yet in the cache
-        self.cache = DynamicCache() if use_cache else None
-
-    def logits(self) -> torch.Tensor:
-        """Next-token logits [B, V] (fp32) for the current rows."""
-        if self.use_cache:
-            out = self.model(input_ids=self.ids[:, -self.pending:], attention_mask=self.mask,
-                             position_ids=self.positions[:, -self.pending:], past_key_values=self.cache,
-                             use_cache=True, logits_to_keep=1)
-        else:
-            out = self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
-                             use_cache=False, logits_to_keep=1)
-        self.pending = 0
-        return out.logits[:, -1].float()
-
-    def append(self, tokens: torch.Tensor) -> None:
-        self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
-        self.mask = torch.cat([self.mask, torch.ones_like(tokens)[:, None]], dim=1)
-        self.positions = torch.cat([self.positions, self.positions[:, -1:] + 1], dim=1)
-        self.pending += 1
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows `index` (in that order), e.g. the surviving beams."""
-        self.ids, self.mask, self.positions = self.ids[index], self.mask[index], self.positions[index]
-        if self.cache is not None:
-            self.cache.reorder_cache(index)
-
-
 # ---------------------------------------------------------------- logits processing
 
 
@@ -447,7 +401,197 @@ def _seen_mask(prompts: Sequence[Sequence[int]], size: int, device: torch.device
         seen[i, torch.tensor(list(p), dtype=torch.long, device=device)] = True
     return seen
 
+# ---------------------------------------------------------------- the engine: a batch of sequences that changes
 
+
+SPAN_GAP = 64
+"""Allowed vocabulary columns closer than this share one LM-head matmul (a separate call
+costs more than computing a few dozen unused columns)."""
+
+
+def allowed_spans(allowed: torch.Tensor) -> list[tuple[int, int]]:
+    """[lo, hi) column ranges covering every True of a [V] mask (runs closer than SPAN_GAP merged)."""
+    index = allowed.nonzero().squeeze(1)
+    if len(index) == 0:
+        return []
+    gap = (index[1:] - index[:-1]) > SPAN_GAP
+    yes = torch.ones(1, dtype=torch.bool, device=index.device)
+    starts, ends = index[torch.cat([yes, gap])], index[torch.cat([gap, yes])] + 1
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+@dataclass(eq=False)
+class Row:
+    """One sequence being decoded: its cache slot (and guidance slot), grammar state, settings
+    and random stream. `finish_reason` is set when it ends: "stop" (a stop token, or nothing
+    may follow), "length" (its token budget) or "cancelled"."""
+
+    slot: int
+    uncond_slot: int | None
+    state: ModalityState
+    decoding: DecodingConfig
+    table: MaskTable
+    stop_ids: frozenset[int]
+    constrain: bool
+    generator: torch.Generator
+    prompt_tokens: int
+    finish_reason: str | None = None
+
+    @property
+    def guided(self) -> bool:
+        return self.uncond_slot is not None
+
+
+class Engine:
+    """Decodes many sequences at once, one token each per `step`. A sequence joins with `add`
+    (its prompt is prefilled into a free cache slot) and leaves when it finishes or is
+    `remove`d, between any two steps: continuous batching. Each row decodes as it would
+    alone: its own positions and cache, decoding settings, grammar and random generator."""
+
+    def __init__(self, model, vocab: Vocab, slots: int, capacity: int, use_cache: bool = True):
+        self.model, self.vocab = model, vocab
+        self.decoder = Decoder(model, slots, capacity) if use_cache else Recompute(model, slots, vocab.pad_id)
+        self.capacity = capacity
+        self.size = model.get_output_embeddings().weight.shape[0]
+        device = next(model.parameters()).device
+        self.hidden = torch.zeros(slots, model.config.hidden_size, dtype=next(model.parameters()).dtype, device=device)
+        self.seen = torch.zeros(slots, self.size, dtype=torch.bool, device=device)
+        self.free_slots = list(range(slots))
+        self.rows: list[Row] = []
+        self._tables: dict[frozenset[int], MaskTable] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden.device
+
+    @torch.inference_mode()
+    def add(self, prompt: Sequence[int], output_modalities: frozenset[str] = frozenset(MODALITIES),
+            decoding: DecodingConfig | None = None, stop_ids: Iterable[int] = (), seed: int | None = None,
+            max_new_tokens: int | None = None, uncond_prompt: Sequence[int] | None = None,
+            constrain: bool = True) -> Row:
+        """Start decoding `prompt` (checked settings; see `GenerationRequest`). Needs a free
+        slot (two with guidance): check `free_slots` first. `max_new_tokens` overrides the
+        decoding config's, e.g. to fit the context."""
+        cfg = decoding or DecodingConfig()
+        guided = cfg.guidance_scale > 1.0
+        if len(self.free_slots) < 1 + guided:
+            raise GenerationError(f"no free slot for another sequence ({len(self.rows)} running)")
+        budget = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
+        for ids in (prompt, uncond_prompt) if guided else (prompt,):
+            if len(ids) + budget > self.capacity:
+                raise GenerationError(f"{len(ids)} prompt tokens + {budget} new tokens do not fit the engine's "
+                                      f"{self.capacity} positions")
+        stops = frozenset(stop_ids)
+        if stops not in self._tables:
+            self._tables[stops] = MaskTable(self.vocab, self.size, sorted(stops), self.device)
+        generator = torch.Generator(device=self.device)
+        if seed is None:
+            generator.seed()  # a fresh random seed for this generator only (the global RNG is untouched)
+        else:
+            generator.manual_seed(seed)
+        slot = self._take(prompt)
+        row = Row(slot, self._take(uncond_prompt) if guided else None,
+                  ModalityState(self.vocab, output_modalities, budget, cfg.content_only_speech, cfg.fit_to_budget),
+                  cfg, self._tables[stops], stops, constrain, generator, len(prompt))
+        self.seen[slot, torch.tensor(list(prompt), dtype=torch.long, device=self.device)] = True
+        self.rows.append(row)
+        self.rows.sort(key=lambda r: r.slot)
+        return row
+
+    def slots_needed(self, request: GenerationRequest) -> int:
+        """Free slots `add_request(request)` takes (two per prompt with guidance)."""
+        return len(request.prompts) * (2 if request.decoding.guidance_scale > 1.0 else 1)
+
+    def add_request(self, request: GenerationRequest) -> list[Row]:
+        """Start decoding every prompt of `request` (checked; each clamped to its context),
+        prompt i seeded `seed + i`. Sampling or greedy per modality: beams are `generate`'s."""
+        _validate(request)
+        guided = request.decoding.guidance_scale > 1.0
+        if len(self.free_slots) < self.slots_needed(request):
+            raise GenerationError(f"{self.slots_needed(request)} slots needed, {len(self.free_slots)} free")
+        return [self.add(p, request.output_modalities, request.decoding, request.stop_ids, _row_seed(request.seed, i),
+                         budget, request.uncond_prompts[i] if guided else None, request.constrain)
+                for i, (p, budget) in enumerate(zip(request.prompts, _budgets(self.model, request)))]
+
+    @torch.inference_mode()
+    def remove(self, row: Row, reason: str = "cancelled") -> None:
+        """Stop decoding `row` and free its slots."""
+        if row in self.rows:
+            self.rows.remove(row)
+            row.finish_reason = row.finish_reason or reason
+            for slot in (row.slot, row.uncond_slot):
+                if slot is not None:
+                    self.decoder.free(slot)
+                    self.seen[slot] = False
+                    self.free_slots.append(slot)
+            self.free_slots.sort()
+
+    def _take(self, prompt: Sequence[int]) -> int:
+        slot = self.free_slots.pop(0)
+        self.hidden[slot] = self.decoder.prefill(slot, prompt)
+        return slot
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Row, int | None]]:
+        """One token for every running row: (row, token), token None when the row stopped
+        without one (stop tokens are not returned). Finished rows leave the engine."""
+        rows = list(self.rows)
+        if not rows:
+            return []
+        n, device = len(rows), self.device
+        cond = torch.tensor([r.slot for r in rows], device=device)
+        guided = [i for i, r in enumerate(rows) if r.guided]
+        parts = [r.state.parts() for r in rows]
+        allowed = torch.stack([r.table.mask(p) for r, p in zip(rows, parts)])
+        # The head computes only the columns some row may write (all of them if one row is free).
+        spans = allowed_spans(allowed.any(0)) if all(r.constrain for r in rows) else None
+        slots = torch.cat([cond, torch.tensor([rows[i].uncond_slot for i in guided], dtype=torch.long, device=device)])
+        logits = head_logits(self.model, self.hidden[slots], spans)
+        in_media = torch.tensor([r.state.in_media for r in rows], device=device)
+        if guided:
+            g = torch.tensor(guided, device=device)
+            c, u = logits[g].log_softmax(-1), logits[n:].log_softmax(-1)
+            scale = torch.tensor([rows[i].decoding.guidance_scale for i in guided], device=device)[:, None]
+            logits[g] = torch.where(in_media[g, None], u + scale * (c - u), logits[g])
+        logits = logits[:n]
+        sections = [r.decoding.section(r.state.modality) for r in rows]
+        logits = _apply_repetition_penalty(logits, self.seen[cond], [c.repetition_penalty for c in sections])
+        constrained = torch.tensor([r.constrain for r in rows], device=device)
+        logits = logits.masked_fill(~allowed & constrained[:, None], float("-inf"))
+        ended = (~allowed.any(-1) & constrained).tolist()  # nothing may follow (e.g. no stop tokens): the row ends
+        tokens = logits.argmax(-1)
+        sample = [i for i, c in enumerate(sections) if c.do_sample and not ended[i]]
+        if sample:
+            s = torch.tensor(sample, device=device)
+            picked = logits[s] / torch.tensor([sections[i].temperature for i in sample], device=device)[:, None]
+            picked = _filter_top_k_top_p(picked, torch.tensor([sections[i].top_k for i in sample], device=device),
+                                         torch.tensor([sections[i].top_p for i in sample], device=device))
+            probs = picked.softmax(-1)
+            tokens[s] = torch.stack([torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+                                     for j, i in enumerate(sample)])
+        out: list[tuple[Row, int | None]] = []
+        go_on: list[tuple[int, int]] = []  # (slot, token) of rows that continue
+        for i, (row, token) in enumerate(zip(rows, tokens.tolist())):
+            if ended[i]:
+                out.append((row, None))
+                self.remove(row, "stop")
+                continue
+            row.state.advance(token)
+            self.seen[row.slot, token] = True
+            if token in row.stop_ids:
+                out.append((row, None))
+                self.remove(row, "stop")
+                continue
+            out.append((row, token))
+            if row.state.budget <= 0:
+                self.remove(row, "length")
+                continue
+            go_on += [(row.slot, token)] + ([(row.uncond_slot, token)] if row.guided else [])
+        if go_on:
+            go_on.sort()
+            step_slots = torch.tensor([s for s, _ in go_on], device=device)
+            self.hidden[step_slots] = self.decoder.step(step_slots, torch.tensor([t for _, t in go_on], device=device))
+        return out
 # ---------------------------------------------------------------- entry points
 
 
@@ -522,92 +666,59 @@ def generate(model, vocab: Vocab, request: GenerationRequest) -> list[list[int]]
     return replies
 
 
+
+def _row_seed(seed: int | None, row: int) -> int | None:
+    """Row `row`'s seed in a batch seeded with `seed` (each row has its own generator)."""
+    return None if seed is None else (seed + row) % (MAX_SEED + 1)
+
+
 @torch.inference_mode()
 def stream(model, vocab: Vocab, request: GenerationRequest) -> Iterator[list[int | None]]:
     """Decode step by step (sampling or greedy per modality, never beams); yields each step's
-    new token per row, None for rows that have finished. Stop tokens are not yielded."""
+    new token per row, None for rows that have finished. Stop tokens are not yielded. Row i
+    samples from its own generator, seeded `seed + i`, so it decodes as it would alone."""
     _validate(request)
-    cfg, n = request.decoding, len(request.prompts)
-    budgets = _budgets(model, request)
-    guided = cfg.guidance_scale > 1.0
-    device = model.device
-    batch = _Batch(model, request.prompts + (request.uncond_prompts if guided else []), vocab.pad_id, request.use_cache)
-    size = model.get_output_embeddings().weight.shape[0]
-    table = MaskTable(vocab, size, request.stop_ids, device)
-    states = [ModalityState(vocab, request.output_modalities, b, cfg.content_only_speech, cfg.fit_to_budget)
-              for b in budgets]
-    seen = _seen_mask(request.prompts, size, device)
-    generator = torch.Generator(device=device)
-    if request.seed is None:
-        generator.seed()  # a fresh random seed for this generator only (the global RNG is untouched)
-    else:
-        generator.manual_seed(request.seed)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-
-    for _ in range(max(budgets)):
-        logits = batch.logits()
-        in_media = torch.tensor([s.in_media for s in states], device=device)
-        if guided:
-            cond, uncond = logits[:n].log_softmax(-1), logits[n:].log_softmax(-1)
-            logits = torch.where(in_media[:, None], uncond + cfg.guidance_scale * (cond - uncond), logits[:n])
-        sections = [cfg.section(s.modality) for s in states]
-        logits = _apply_repetition_penalty(logits, seen, [c.repetition_penalty for c in sections])
-        if request.constrain:
-            allowed = table.stack([s.parts() for s in states])
-            done |= ~allowed.any(-1)  # nothing may follow (e.g. no stop tokens given): the row ends
-            logits = logits.masked_fill(~allowed, float("-inf"))
-        tokens = logits.argmax(-1)
-        sample = torch.tensor([c.do_sample for c in sections], device=device) & ~done
-        if sample.any():
-            logits = logits / torch.tensor([c.temperature for c in sections], device=device)[:, None]
-            logits = _filter_top_k_top_p(logits, torch.tensor([c.top_k for c in sections], device=device),
-                                         torch.tensor([c.top_p for c in sections], device=device))
-            # Finished rows may have no finite logit; they draw a dummy token from a uniform row.
-            probs = logits.masked_fill(done[:, None], 0.0).softmax(-1)
-            drawn = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            tokens = torch.where(sample, drawn, tokens)
-        tokens = torch.where(done, vocab.pad_id, tokens)
-        out: list[int | None] = []
-        for row, token in enumerate(tokens.tolist()):
-            if done[row]:
-                out.append(None)
-                continue
-            states[row].advance(token)
-            seen[row, token] = True
-            if token in request.stop_ids:
-                done[row] = True
-                out.append(None)
-            else:
-                out.append(token)
-                if states[row].budget <= 0:
-                    done[row] = True
-        yield out
-        if bool(done.all()):
-            return
-        batch.append(torch.cat([tokens, tokens]) if guided else tokens)
+    n, guided = len(request.prompts), request.decoding.guidance_scale > 1.0
+    contexts = request.prompts + (request.uncond_prompts if guided else [])
+    capacity = max(len(p) for p in contexts) + max(_budgets(model, request))
+    engine = Engine(model, vocab, len(contexts), capacity, request.use_cache)
+    rows = engine.add_request(request)
+    index = {row: i for i, row in enumerate(rows)}
+    while engine.rows:
+        step: list[int | None] = [None] * n
+        for row, token in engine.step():
+            step[index[row]] = token
+        yield step
 
 
 @torch.inference_mode()
 def _beam_search(model, vocab: Vocab, request: GenerationRequest) -> list[list[int]]:
-    """Text-only beam search (no sampling) with a KV cache, `num_beams` rows per prompt."""
+    """Text-only beam search (no sampling), `num_beams` cache slots per prompt."""
     cfg = request.decoding.text
     k, n = cfg.num_beams, len(request.prompts)
     budgets = _budgets(model, request)
-    device = model.device
-    prompts = [p for p in request.prompts for _ in range(k)]
-    batch = _Batch(model, prompts, vocab.pad_id, request.use_cache)
+    device = next(model.parameters()).device
+    capacity = max(len(p) for p in request.prompts) + max(budgets)
+    decoder = Decoder(model, n * k, capacity) if request.use_cache else Recompute(model, n * k, vocab.pad_id)
+    first = [r * k for r in range(n)]  # each prompt is prefilled once, then copied to its other beams
+    hidden = torch.stack([decoder.prefill(slot, p) for slot, p in zip(first, request.prompts)])
+    copies = torch.tensor([r * k for r in range(n) for _ in range(k)], device=device)
+    decoder.reorder(copies)
+    hidden = hidden.repeat_interleave(k, dim=0)
     size = model.get_output_embeddings().weight.shape[0]
     text_only = MaskTable(vocab, size, request.stop_ids, device).mask(frozenset({TEXT, STOP}))
-    seen = _seen_mask(prompts, size, device)
+    spans = allowed_spans(text_only) if request.constrain else None
+    seen = _seen_mask([p for p in request.prompts for _ in range(k)], size, device)
     penalty = [cfg.repetition_penalty] * (n * k)
     scores = torch.zeros(n, k, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     beams: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(n)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
     done = [False] * n
+    every_slot = torch.arange(n * k, device=device)
 
     for step in range(max(budgets)):
-        logits = _apply_repetition_penalty(batch.logits(), seen, penalty)
+        logits = _apply_repetition_penalty(head_logits(model, hidden, spans), seen, penalty)
         if request.constrain:
             logits = logits.masked_fill(~text_only, float("-inf"))
         logp = logits.log_softmax(-1).view(n, k, size) + scores[:, :, None]
@@ -640,11 +751,11 @@ def _beam_search(model, vocab: Vocab, request: GenerationRequest) -> list[list[i
             break
         index = torch.tensor(source, device=device)
         token_tensor = torch.tensor(tokens, device=device)
-        batch.reorder(index)
+        decoder.reorder(index)
         seen = seen[index]
-        seen[torch.arange(n * k, device=device), token_tensor] = True
+        seen[every_slot, token_tensor] = True
         scores = torch.tensor(new_scores, device=device)
-        batch.append(token_tensor)
+        hidden = decoder.step(every_slot, token_tensor)
     return [max(f, key=lambda hyp: hyp[0])[1] if f else [] for f in finished]
 
 

@@ -55,6 +55,7 @@ from mio.serve.protocol import (
     ModelCard,
     ModelList,
     ReplyMessage,
+    Usage,
     completion_id,
 )
 from mio.serve.worker import ChatJob, QueueFull, Worker
@@ -105,6 +106,7 @@ def create_app(mio: MIO, config: ServeConfig) -> FastAPI:
         await run_in_threadpool(worker.close)
 
     app = FastAPI(title="MIO", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker = worker  # shared with the web UI when it is mounted at /ui
 
     def authorize(request: Request) -> None:
         if config.api_key is None:
@@ -156,14 +158,15 @@ def create_app(mio: MIO, config: ServeConfig) -> FastAPI:
         first = await _next(reply)  # waits its turn; refusals (queue, inputs) come before any reply is sent
         cid = completion_id()
         if req.stream:
-            return StreamingResponse(_events(cid, config.model_name, first, reply), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            usage = req.stream_options is not None and req.stream_options.include_usage
+            return StreamingResponse(_events(cid, config.model_name, first, reply, job, usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         segments = [] if first is None else [first]
         while (seg := await _next(reply)) is not None:
             segments.append(seg)
-        log.info("%s: %d segments", cid, len(segments))
-        message = _message(segments)
-        completion = ChatCompletion(id=cid, model=config.model_name, choices=[Choice(message=message)])
+        log.info("%s: %d segments, %s", cid, len(segments), job.usage)
+        choice = Choice(message=_message(segments), finish_reason=job.finish_reason or "stop")
+        completion = ChatCompletion(id=cid, model=config.model_name, choices=[choice], usage=_usage(job))
         return JSONResponse(completion.model_dump(exclude_none=True))
 
     return app
@@ -366,10 +369,18 @@ def _delta(seg: Segment) -> Delta | None:
     return None
 
 
-async def _events(cid: str, model: str, first: Segment | None, reply: AsyncIterator[Segment]) -> AsyncIterator[str]:
+def _usage(job: ChatJob) -> Usage | None:
+    u = job.usage
+    return None if u is None else Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                                        total_tokens=u.total_tokens)
+
+
+async def _events(cid: str, model: str, first: Segment | None, reply: AsyncIterator[Segment], job: ChatJob,
+                  include_usage: bool) -> AsyncIterator[str]:
     """Server-sent `chat.completion.chunk` events: the role, one per text piece or media
-    segment, the finish reason, then `[DONE]`. A failure after the first event can no longer
-    change the status, so it is sent as an error event."""
+    segment, the finish reason, the token counts if asked (a chunk with no choices, as
+    OpenAI sends it), then `[DONE]`. A failure after the first event can no longer change
+    the status, so it is sent as an error event."""
     def event(delta: Delta, finish: str | None = None) -> str:
         chunk = ChatCompletionChunk(id=cid, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)])
         return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
@@ -381,7 +392,10 @@ async def _events(cid: str, model: str, first: Segment | None, reply: AsyncItera
             if (delta := _delta(seg)) is not None:
                 yield event(delta)
             seg = await _next(reply)
-        yield event(Delta(), "stop")
+        yield event(Delta(), job.finish_reason or "stop")
+        if include_usage:
+            chunk = ChatCompletionChunk(id=cid, model=model, choices=[], usage=_usage(job))
+            yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
     except APIError as e:
         yield f"data: {e.response().body.decode()}\n\n"
     finally:

@@ -49,12 +49,20 @@ class AudioOptions(Strict):
     format: Literal["wav"] = "wav"
 
 
+class StreamOptions(Strict):
+    """OpenAI's `stream_options`: `include_usage` adds a last chunk with the token counts."""
+
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
 class ChatCompletionRequest(Strict):
     """`POST /v1/chat/completions`: OpenAI's fields plus `mode` and `output_modalities`."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
@@ -85,7 +93,6 @@ class ChatCompletionRequest(Strict):
     metadata: Any = None
     store: Any = None
     service_tier: Any = None
-    stream_options: Any = None
     parallel_tool_calls: Any = None
     reasoning_effort: Any = None
     verbosity: Any = None
@@ -166,6 +173,14 @@ class ReplyMessage(BaseModel):
     images: list[ImagePart] | None = None
 
 
+class Usage(BaseModel):
+    """Tokens read and written: the chat's prompt, and the reply (stop token excluded)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ReplyMessage
@@ -181,6 +196,7 @@ class ChatCompletion(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[Choice]
+    usage: Usage | None = None
 
 
 class Delta(BaseModel):
@@ -205,6 +221,7 @@ class ChatCompletionChunk(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
     choices: list[ChunkChoice]
+    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):
