@@ -22,6 +22,7 @@ SMOKE = {
     "mio tokenizer train speech configs/tokenizer/speech_default.toml": ("speech_default.toml", "speech_tiny.toml"),
     "mio bench train": ("--json", "--preset tiny --steps 2 --json"),
     "mio bench generate": ("--json", "--preset tiny --repeats 1 --new-tokens 4 --json"),
+    "mio bench serve": ("--json", "--preset tiny --requests 4 --concurrency 2 --json"),
 }
 # Commands that cannot run here, and what tests them instead.
 NOT_HERE = {
@@ -29,6 +30,7 @@ NOT_HERE = {
     "torchrun ": "tests/test_train.py::test_torchrun_two_cpu_processes_fsdp2 runs FSDP2 on 2 CPU processes",
     "mio convert ": "needs a released MIO-7B directory; tests/test_released.py converts a tiny replica of its layout",
     "mio serve ": "a server runs until stopped; tests/test_serve.py starts one and talks to it with the openai client",
+    "mio ui ": "a server runs until stopped; tests/test_ui.py starts one and drives it in headless Chromium",
 }
 STDIN = {"mio chat": "what colour is the circle?\n/quit\n"}
 
@@ -67,4 +69,4 @@ def test_readme_commands_run_as_written(tmp_path):
     assert (tmp_path / "runs" / "smoke" / "eval.json").is_file()
     assert any((tmp_path / "runs" / "smoke" / "replies").iterdir())
     assert (tmp_path / "runs" / "stage1" / "model.safetensors").is_file()
-    assert (tmp_path / "runs" / "bench_train.json").is_file() and (tmp_path / "runs" / "bench_generate.json").is_file()
+    assert all((tmp_path / "runs" / f"bench_{name}.json").is_file() for name in ("train", "generate", "serve"))

@@ -6,8 +6,6 @@ import asyncio
 import base64
 import io
 import json
-import threading
-import time
 
 import httpx
 import pytest
@@ -23,7 +21,7 @@ from mio.segments import Message, Text
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
-from mio.serve import ServeConfig, create_app  # noqa: E402 -- needs the serve extra, checked above
+from mio.serve import ServeConfig, create_app, running_server  # noqa: E402 -- needs the serve extra, checked above
 from mio.serve.worker import ChatJob, QueueFull, StopText, Worker, stop_at  # noqa: E402
 
 KEY = "test-key"
@@ -38,17 +36,8 @@ def server(tmp_path_factory, text_tokenizer):
     torch.set_num_threads(1)  # as the one_thread fixture does, for the whole module's server
     mio = MIO.from_pretrained(make_run_dir(tmp_path_factory.mktemp("run"), text_tokenizer), device="cpu")
     app = create_app(mio, ServeConfig(model_name=MODEL, api_key=KEY, max_body_bytes=MAX_BODY, queue_size=4))
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with running_server(app) as url:
+        yield url
     torch.set_num_threads(threads)
 
 

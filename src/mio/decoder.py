@@ -9,11 +9,14 @@ head) with its own loop:
 
 - **Slots.** The cache is allocated once: per layer, keys and values of shape
   [slots, kv_heads, capacity, head_dim]. A sequence owns one slot; `prefill` writes its
-  prompt there, `step` appends one token to each given slot, `reorder` copies slots onto
-  others (beam search). Sequences of different lengths share a step without padding: each
-  slot has its own length, positions and attention mask, so a sequence decodes exactly as
-  it would alone, and one may join or leave between any two steps (continuous batching).
-- **The LM head on a vocabulary subset.** `logits(hidden, spans)` computes only the columns
+  prompt there (many prompts in one forward), `step` appends one token to each given slot,
+  `reorder` copies slots onto others (beam search). Sequences of different lengths share a
+  step without padding: each slot has its own length, positions and attention mask, so a
+  sequence decodes exactly as it would alone, and one may join or leave between any two
+  steps (continuous batching).
+- **Shared prefixes.** Every chat begins with BOS and its mode's system prompt; their keys
+  and values are computed once and copied into each new slot (`SharedPrefixes`).
+- **The LM head on a vocabulary subset.** `head_logits(model, hidden, spans)` computes only the columns
   in `spans` (the rest are -inf). The generation grammar knows before each step which tokens
   may come next (inside an image block only image codes; in text only text), so the head
   skips the rest of the vocabulary: a slice of the weight, not a copy.
@@ -27,7 +30,9 @@ forward at every step: the reference, and the no-cache path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +68,67 @@ def head_logits(model, hidden: torch.Tensor, spans: Sequence[tuple[int, int]] | 
     return out
 
 
+MIN_SHARED_PREFIX = 16
+"""Prompts that begin with the same this-many tokens or more share their keys and values
+(every chat begins with BOS and its mode's system prompt); a shorter match saves less than
+bookkeeping costs."""
+MAX_SHARED_PREFIXES = 8
+"""Shared prefixes remembered (least recently used first out), and recent prompts compared."""
+
+
+@dataclass
+class Prefix:
+    """Leading tokens shared by prompts, and their keys and values per layer ([kv, n, D] each)."""
+
+    ids: tuple[int, ...]
+    cache: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class SharedPrefixes:
+    """Prefix caching: the keys and values of prompt beginnings that recur. A prefix is
+    remembered when a prompt shares at least MIN_SHARED_PREFIX leading tokens with a recent
+    one; later prompts that begin with it copy it instead of computing it. A prefix's keys and
+    values depend on its tokens alone (attention is causal and positions start at 0)."""
+
+    def __init__(self):
+        self.stored: collections.OrderedDict[tuple[int, ...], Prefix] = collections.OrderedDict()
+        self.recent: collections.deque[tuple[int, ...]] = collections.deque(maxlen=MAX_SHARED_PREFIXES)
+        self.reused_tokens = 0
+        """Prompt tokens copied rather than computed, in all (for tests and logs)."""
+
+    def find(self, ids: Sequence[int]) -> Prefix | None:
+        """The longest remembered prefix of `ids` that leaves at least one token to compute."""
+        best = None
+        for key, prefix in self.stored.items():
+            if len(key) < len(ids) and tuple(ids[:len(key)]) == key and (best is None or len(key) > len(best.ids)):
+                best = prefix
+        if best is not None:
+            self.stored.move_to_end(best.ids)
+            self.reused_tokens += len(best.ids)
+        return best
+
+    def remember(self, ids: Sequence[int], cache_of: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Note a prefilled prompt; `cache_of(n)` gives its first n positions' keys and values."""
+        ids = tuple(ids)
+        for other in self.recent:
+            n = _common_prefix(ids, other)
+            n = min(n, len(ids) - 1)  # a prompt's last token is always computed (its hidden state is needed)
+            if n >= MIN_SHARED_PREFIX and ids[:n] not in self.stored:
+                self.stored[ids[:n]] = Prefix(ids[:n], cache_of(n))
+                if len(self.stored) > MAX_SHARED_PREFIXES:
+                    self.stored.popitem(last=False)
+        self.recent.append(ids)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class Decoder:
     """Runs a Llama causal LM over `slots` KV-cache rows of `capacity` positions each."""
 
@@ -79,6 +145,7 @@ class Decoder:
         self.keys = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in self.layers]
         self.values = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in self.layers]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=param.device)
+        self.prefixes = SharedPrefixes()
 
     @property
     def device(self) -> torch.device:
@@ -93,25 +160,46 @@ class Decoder:
         self.lengths[slot] = 0
 
     @torch.inference_mode()
-    def prefill(self, slot: int, ids: Sequence[int]) -> torch.Tensor:
-        """Append `ids` to `slot` (a new sequence starts at length 0); returns the final
-        hidden state [H] of the last one."""
-        start, n = self.length(slot), len(ids)
-        if n == 0:
-            raise ValueError("nothing to prefill")
-        if start + n > self.capacity:
-            raise ValueError(f"{start + n} tokens do not fit the cache's {self.capacity} positions")
-        tokens = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        positions = torch.arange(start, start + n, device=self.device)[None]
-        if start == 0:
-            mask = None  # causal over the prompt alone: SDPA's causal kernel
-        else:
-            keys = torch.arange(start + n, device=self.device)
-            mask = (keys[None, :] <= positions[0, :, None])[None, None]
-        rows = torch.tensor([slot], device=self.device)
-        hidden = self._forward(tokens, positions, rows, mask, causal=start == 0)
-        self.lengths[slot] += n
-        return hidden[0, -1]
+    def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Start a sequence in each of `slots` (empty ones) from its prompt, all in one
+        forward; returns the final hidden states [B, H] of the prompts' last tokens.
+
+        A prompt that begins with a remembered prefix (`SharedPrefixes`) gets that prefix's
+        keys and values copied into its slot and computes only the rest. The rest of every
+        prompt is right-padded and attends to keys up to its own position; the padding's
+        keys and values land past the slot's length, where decoding masks and overwrites them."""
+        if any(self.length(s) for s in slots):
+            raise ValueError("prefill starts new sequences; a slot is still in use")
+        if min(len(p) for p in prompts) == 0:
+            raise ValueError("nothing to prefill: an empty prompt")
+        if max(len(p) for p in prompts) > self.capacity:
+            raise ValueError(f"{max(len(p) for p in prompts)} tokens do not fit the cache's {self.capacity} positions")
+        starts = []
+        for slot, ids in zip(slots, prompts):
+            prefix = self.prefixes.find(ids)
+            for layer, (keys, values) in enumerate(prefix.cache if prefix else ()):
+                self.keys[layer][slot, :, :keys.shape[1]] = keys
+                self.values[layer][slot, :, :values.shape[1]] = values
+            starts.append(len(prefix.ids) if prefix else 0)
+        rests = [ids[start:] for ids, start in zip(prompts, starts)]
+        width = max(len(r) for r in rests)
+        tokens = torch.zeros(len(prompts), width, dtype=torch.long, device=self.device)
+        for row, rest in enumerate(rests):
+            tokens[row, :len(rest)] = torch.tensor(list(rest), dtype=torch.long, device=self.device)
+        begin = torch.tensor(starts, device=self.device)
+        positions = begin[:, None] + torch.arange(width, device=self.device)
+        mask = None  # every prompt starts at 0: the causal kernel
+        if any(starts):
+            keys = torch.arange(int(positions.max()) + 1, device=self.device)
+            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]
+        rows = torch.tensor(list(slots), dtype=torch.long, device=self.device)
+        hidden = self._forward(tokens, positions, rows, mask)
+        self.lengths[rows] = torch.tensor([len(p) for p in prompts], device=self.device)
+        for slot, ids in zip(slots, prompts):
+            self.prefixes.remember(ids, lambda n, slot=slot: [(k[slot, :, :n].clone(), v[slot, :, :n].clone())
+                                                              for k, v in zip(self.keys, self.values)])
+        last = torch.tensor([len(r) - 1 for r in rests], device=self.device)
+        return hidden[torch.arange(len(prompts), device=self.device), last]
 
     @torch.inference_mode()
     def step(self, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -122,7 +210,7 @@ class Decoder:
         if end > self.capacity:
             raise ValueError(f"a sequence of {end} tokens does not fit the cache's {self.capacity} positions")
         mask = (torch.arange(end, device=self.device)[None, :] <= positions[:, None])[:, None, None, :]
-        hidden = self._forward(tokens[:, None], positions[:, None], slots, mask, causal=False)
+        hidden = self._forward(tokens[:, None], positions[:, None], slots, mask)
         self.lengths[slots] += 1
         return hidden[:, -1]
 
@@ -135,9 +223,10 @@ class Decoder:
         self.lengths[:n] = self.lengths[index]
 
     def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                 mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+                 mask: torch.Tensor | None) -> torch.Tensor:
         """tokens, positions [B, T] for `slots` [B]: writes their keys and values at their
-        positions, attends over each slot's cache up to its last position; hidden [B, T, H]."""
+        positions, attends over each slot's cache up to the last position with `mask` (None:
+        the causal kernel, for prompts that start at 0); hidden [B, T, H]."""
         b, t = tokens.shape
         end = int(positions.max()) + 1
         # Slots 0..B-1 in order (a static batch, or a full one) read the cache as views;
@@ -160,7 +249,7 @@ class Decoder:
                 keys, values = key_cache[:b, :, :end], value_cache[:b, :, :end]
             else:
                 keys, values = key_cache[slots, :, :end], value_cache[slots, :, :end]
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal and mask is None,
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None,
                                                  scale=attn.scaling, enable_gqa=keys.shape[1] != q.shape[1])
             x = x + F.linear(out.transpose(1, 2).reshape(b, t, -1), attn.o_proj.weight, attn.o_proj.bias)
             mlp = layer.mlp
@@ -191,9 +280,10 @@ class Recompute:
         self.sequences[slot] = []
 
     @torch.inference_mode()
-    def prefill(self, slot: int, ids: Sequence[int]) -> torch.Tensor:
-        self.sequences[slot] += list(ids)
-        return self._last_hidden([slot])[0]
+    def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        for slot, ids in zip(slots, prompts):
+            self.sequences[slot] = list(ids)
+        return self._last_hidden(list(slots))
 
     @torch.inference_mode()
     def step(self, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

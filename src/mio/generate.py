@@ -443,8 +443,8 @@ class Row:
 
 
 class Engine:
-    """Decodes many sequences at once, one token each per `step`. A sequence joins with `add`
-    (its prompt is prefilled into a free cache slot) and leaves when it finishes or is
+    """Decodes many sequences at once, one token each per `step`. Sequences join with `add`
+    (their prompts prefilled into free cache slots) and leave when it finishes or is
     `remove`d, between any two steps: continuous batching. Each row decodes as it would
     alone: its own positions and cache, decoding settings, grammar and random generator."""
 
@@ -464,54 +464,69 @@ class Engine:
     def device(self) -> torch.device:
         return self.hidden.device
 
-    @torch.inference_mode()
-    def add(self, prompt: Sequence[int], output_modalities: frozenset[str] = frozenset(MODALITIES),
-            decoding: DecodingConfig | None = None, stop_ids: Iterable[int] = (), seed: int | None = None,
-            max_new_tokens: int | None = None, uncond_prompt: Sequence[int] | None = None,
-            constrain: bool = True) -> Row:
-        """Start decoding `prompt` (checked settings; see `GenerationRequest`). Needs a free
-        slot (two with guidance): check `free_slots` first. `max_new_tokens` overrides the
-        decoding config's, e.g. to fit the context."""
-        cfg = decoding or DecodingConfig()
-        guided = cfg.guidance_scale > 1.0
-        if len(self.free_slots) < 1 + guided:
-            raise GenerationError(f"no free slot for another sequence ({len(self.rows)} running)")
-        budget = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
-        for ids in (prompt, uncond_prompt) if guided else (prompt,):
-            if len(ids) + budget > self.capacity:
-                raise GenerationError(f"{len(ids)} prompt tokens + {budget} new tokens do not fit the engine's "
-                                      f"{self.capacity} positions")
-        stops = frozenset(stop_ids)
-        if stops not in self._tables:
-            self._tables[stops] = MaskTable(self.vocab, self.size, sorted(stops), self.device)
-        generator = torch.Generator(device=self.device)
-        if seed is None:
-            generator.seed()  # a fresh random seed for this generator only (the global RNG is untouched)
-        else:
-            generator.manual_seed(seed)
-        slot = self._take(prompt)
-        row = Row(slot, self._take(uncond_prompt) if guided else None,
-                  ModalityState(self.vocab, output_modalities, budget, cfg.content_only_speech, cfg.fit_to_budget),
-                  cfg, self._tables[stops], stops, constrain, generator, len(prompt))
-        self.seen[slot, torch.tensor(list(prompt), dtype=torch.long, device=self.device)] = True
-        self.rows.append(row)
-        self.rows.sort(key=lambda r: r.slot)
-        return row
-
     def slots_needed(self, request: GenerationRequest) -> int:
-        """Free slots `add_request(request)` takes (two per prompt with guidance)."""
+        """Free slots `add` takes for `request` (two per prompt with guidance)."""
         return len(request.prompts) * (2 if request.decoding.guidance_scale > 1.0 else 1)
 
-    def add_request(self, request: GenerationRequest) -> list[Row]:
-        """Start decoding every prompt of `request` (checked; each clamped to its context),
-        prompt i seeded `seed + i`. Sampling or greedy per modality: beams are `generate`'s."""
+    def check(self, request: GenerationRequest) -> list[int]:
+        """Raise GenerationError unless `request` can decode here; its prompts' token budgets."""
         _validate(request)
+        budgets = _budgets(self.model, request)
         guided = request.decoding.guidance_scale > 1.0
-        if len(self.free_slots) < self.slots_needed(request):
-            raise GenerationError(f"{self.slots_needed(request)} slots needed, {len(self.free_slots)} free")
-        return [self.add(p, request.output_modalities, request.decoding, request.stop_ids, _row_seed(request.seed, i),
-                         budget, request.uncond_prompts[i] if guided else None, request.constrain)
-                for i, (p, budget) in enumerate(zip(request.prompts, _budgets(self.model, request)))]
+        for i, budget in enumerate(budgets):
+            for ids in (request.prompts[i], request.uncond_prompts[i]) if guided else (request.prompts[i],):
+                if len(ids) + budget > self.capacity:
+                    raise GenerationError(f"prompt {i}: {len(ids)} tokens + {budget} new tokens do not fit the "
+                                          f"engine's {self.capacity} positions")
+        return budgets
+
+    @torch.inference_mode()
+    def add(self, requests: Sequence[GenerationRequest]) -> list[list[Row]]:
+        """Start decoding every prompt of every request (each checked, clamped to its
+        context; prompt i of a request seeded `seed + i`), all prompts prefilled in one
+        forward. Needs `slots_needed` free slots for each. Sampling or greedy per modality:
+        beams are `generate`'s. The rows of each request, in order."""
+        if not requests:
+            return []
+        budgets = [self.check(r) for r in requests]
+        needed = sum(self.slots_needed(r) for r in requests)
+        if needed > len(self.free_slots):
+            raise GenerationError(f"{needed} cache slots needed, {len(self.free_slots)} free "
+                                  f"({len(self.rows)} sequences running)")
+        out, slots, prompts = [], [], []
+        for request, request_budgets in zip(requests, budgets):
+            stops = frozenset(request.stop_ids)
+            if stops not in self._tables:
+                self._tables[stops] = MaskTable(self.vocab, self.size, sorted(stops), self.device)
+            cfg, guided = request.decoding, request.decoding.guidance_scale > 1.0
+            rows = []
+            for i, (prompt, budget) in enumerate(zip(request.prompts, request_budgets)):
+                generator = torch.Generator(device=self.device)
+                seed = _row_seed(request.seed, i)
+                if seed is None:
+                    generator.seed()  # a fresh random seed for this generator only (the global RNG is untouched)
+                else:
+                    generator.manual_seed(seed)
+                contexts = [prompt] + ([request.uncond_prompts[i]] if guided else [])
+                taken = [self.free_slots.pop(0) for _ in contexts]
+                slots += taken
+                prompts += contexts
+                state = ModalityState(self.vocab, request.output_modalities, budget, cfg.content_only_speech,
+                                      cfg.fit_to_budget)
+                rows.append(Row(taken[0], taken[1] if guided else None, state, cfg, self._tables[stops], stops,
+                                request.constrain, generator, len(prompt)))
+                self.seen[taken[0], torch.tensor(list(prompt), dtype=torch.long, device=self.device)] = True
+            out.append(rows)
+        try:
+            self.hidden[torch.tensor(slots, device=self.device)] = self.decoder.prefill(slots, prompts)
+        except BaseException:
+            for slot in slots:  # nothing of these requests starts: their slots are free again
+                self.decoder.free(slot)
+                self.seen[slot] = False
+            self.free_slots = sorted(self.free_slots + slots)
+            raise
+        self.rows = sorted(self.rows + [row for rows in out for row in rows], key=lambda r: r.slot)
+        return out
 
     @torch.inference_mode()
     def remove(self, row: Row, reason: str = "cancelled") -> None:
@@ -525,11 +540,6 @@ class Engine:
                     self.seen[slot] = False
                     self.free_slots.append(slot)
             self.free_slots.sort()
-
-    def _take(self, prompt: Sequence[int]) -> int:
-        slot = self.free_slots.pop(0)
-        self.hidden[slot] = self.decoder.prefill(slot, prompt)
-        return slot
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Row, int | None]]:
@@ -682,7 +692,7 @@ def stream(model, vocab: Vocab, request: GenerationRequest) -> Iterator[list[int
     contexts = request.prompts + (request.uncond_prompts if guided else [])
     capacity = max(len(p) for p in contexts) + max(_budgets(model, request))
     engine = Engine(model, vocab, len(contexts), capacity, request.use_cache)
-    rows = engine.add_request(request)
+    (rows,) = engine.add([request])
     index = {row: i for i, row in enumerate(rows)}
     while engine.rows:
         step: list[int | None] = [None] * n
@@ -701,7 +711,7 @@ def _beam_search(model, vocab: Vocab, request: GenerationRequest) -> list[list[i
     capacity = max(len(p) for p in request.prompts) + max(budgets)
     decoder = Decoder(model, n * k, capacity) if request.use_cache else Recompute(model, n * k, vocab.pad_id)
     first = [r * k for r in range(n)]  # each prompt is prefilled once, then copied to its other beams
-    hidden = torch.stack([decoder.prefill(slot, p) for slot, p in zip(first, request.prompts)])
+    hidden = decoder.prefill(first, request.prompts)
     copies = torch.tensor([r * k for r in range(n) for _ in range(k)], device=device)
     decoder.reorder(copies)
     hidden = hidden.repeat_interleave(k, dim=0)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
-from pathlib import Path
 
 import torch
 
+from mio.cli.results import emit
 from mio.device import resolve_device
 from mio.eval.bench_generate import PRESETS, build, measure
 
@@ -36,9 +34,5 @@ def run(args: argparse.Namespace) -> int:
         setup.repeats = args.repeats
     log.info("benchmarking %s on %s", args.preset, setup.model.device)
     result = measure(setup)
-    text = json.dumps(result, indent=2)
-    sys.stdout.write(text + "\n")  # the measurement is this command's output
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-        log.info("wrote %s", args.json)
+    emit(result, args.json)
     return 0

@@ -22,12 +22,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer train": ("mio.cli.tokenizer_train", "train an embedded image or speech tokenizer"),
     "bench train": ("mio.cli.bench_train", "training throughput: masked packing vs pad-to-longest batching"),
     "bench generate": ("mio.cli.bench_generate", "generation throughput: the engine vs transformers' generate"),
+    "bench serve": ("mio.cli.bench_serve", "server throughput and latency: one client at a time vs many at once"),
     "generate": ("mio.cli.generate", "generate from a multimodal prompt; media outputs are written to a folder"),
     "chat": ("mio.cli.chat", "chat in the terminal with text, image, audio and video inputs"),
     "toyworld": ("mio.cli.toyworld", "build the embedded world's corpus: manifests for pre-training, SFT and evaluation"),
     "eval": ("mio.cli.eval", "score a checkpoint on the evaluation suites"),
     "convert": ("mio.cli.convert", "rewrite a released MIO-7B directory's pickled weights as safetensors"),
     "serve": ("mio.cli.serve", "an OpenAI-compatible chat-completions server"),
+    "ui": ("mio.cli.ui", "a web UI to chat with a model in the browser (text, images, audio, speech)"),
 }
 
 

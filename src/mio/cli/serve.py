@@ -33,8 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (larger: 413)")
     p.add_argument("--queue-size", type=int, default=16, help="most requests waiting for the model (more: 429)")
+    p.add_argument("--max-batch", type=int,
+                   help="most requests decoded together (cache slots; a guided one takes two; default: worker.MAX_BATCH)")
     p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
                    help="let image_url name local files inside DIR (repeatable; default: data URIs only)")
+    p.add_argument("--ui", action="store_true",
+                   help="also serve the web UI at /ui (the API key, if any, is its password; needs the ui extra)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,8 +48,14 @@ def run(args: argparse.Namespace) -> int:
         from mio.serve import ServeConfig, create_app
     except ImportError as e:
         raise OSError(f"{e}; `mio serve` needs the serve extra: pip install 'mio[serve]'") from None
-    if args.max_body_mb <= 0 or args.queue_size < 0:
-        raise ValueError("--max-body-mb must be > 0 and --queue-size >= 0")
+    if args.ui:  # before the model loads, which takes minutes at full size
+        os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+        try:
+            from mio.serve.ui import mount_ui
+        except ImportError as e:
+            raise OSError(f"{e}; `mio serve --ui` needs the ui extra: pip install 'mio[ui]'") from None
+    if args.max_body_mb <= 0 or args.queue_size < 0 or (args.max_batch is not None and args.max_batch < 2):
+        raise ValueError("--max-body-mb must be > 0, --queue-size >= 0 and --max-batch >= 2")
     for folder in args.allow_path:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"--allow-path {folder}: not a folder")
@@ -56,8 +66,14 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(model_name=args.model_name or Path(args.model).resolve().name, api_key=api_key,
                          max_body_bytes=int(args.max_body_mb * 2**20), queue_size=args.queue_size,
                          allow_paths=[Path(p) for p in args.allow_path])
+    if args.max_batch is not None:
+        config.max_batch = args.max_batch
     log.info("serving %s as %r on http://%s:%d/v1", args.model, config.model_name, args.host, args.port)
-    uvicorn.run(create_app(mio, config), host=args.host, port=args.port, log_level="info")
+    app = create_app(mio, config)
+    if args.ui:
+        mount_ui(app, "/ui", api_key=api_key)
+        log.info("web UI on http://%s:%d/ui", args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
 

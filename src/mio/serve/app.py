@@ -20,10 +20,11 @@ import io
 import json
 import logging
 import re
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mio.api import MIO
-from mio.generate import MAX_SEED, DecodingConfig, check_integer
+from mio.generate import MAX_SEED, check_integer
 from mio.media.content_parts import ContentError, segment_from_part
 from mio.segments import Image, Malformed, Message, Segment, Speech, Text, Video
 from mio.serve.protocol import (
@@ -58,24 +59,27 @@ from mio.serve.protocol import (
     Usage,
     completion_id,
 )
-from mio.serve.worker import ChatJob, QueueFull, Worker
+from mio.serve.worker import MAX_BATCH, ChatJob, QueueFull, Worker, decoding_options
 
 log = logging.getLogger(__name__)
 
 AUDIO_LIFETIME_S = 3600
 """`message.audio.expires_at` is this far ahead (MIO keeps no audio; the field is OpenAI's)."""
 VIDEO_FPS = 2.0
+SERVER_START_TIMEOUT_S = 60.0
 
 
 @dataclass
 class ServeConfig:
     """How the app answers: the model's id, the API key (None: open), the largest request
-    body, how many requests may wait, and the folders `image_url` may name files in."""
+    body, how many requests may wait, how many decode together, and the folders
+    `image_url` may name files in."""
 
     model_name: str = "mio"
     api_key: str | None = None
     max_body_bytes: int = 32 * 2**20
     queue_size: int = 16
+    max_batch: int = MAX_BATCH
     allow_paths: Sequence[Path] = ()
 
 
@@ -93,11 +97,9 @@ class APIError(Exception):
         return JSONResponse(body.model_dump(), status_code=self.status, headers=headers)
 
 
-def create_app(mio: MIO, config: ServeConfig) -> FastAPI:
-    """The FastAPI app serving `mio` (its worker thread runs while the app is up)."""
-    worker = Worker(mio, config.queue_size)
-    allow_paths = tuple(Path(p).resolve() for p in config.allow_paths)
-    created = int(time.time())
+def worker_app(worker: Worker) -> FastAPI:
+    """An empty app that runs `worker` while it is up; `app.state.worker` (what the web UI,
+    mounted beside the API, shares)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -106,7 +108,38 @@ def create_app(mio: MIO, config: ServeConfig) -> FastAPI:
         await run_in_threadpool(worker.close)
 
     app = FastAPI(title="MIO", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.worker = worker  # shared with the web UI when it is mounted at /ui
+    app.state.worker = worker
+    return app
+
+
+@contextmanager
+def running_server(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run `app` with uvicorn on a free port of `host` in a background thread (benchmarks and
+    tests); yields its base URL and stops the server on exit."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def create_app(mio: MIO, config: ServeConfig) -> FastAPI:
+    """The FastAPI app serving `mio` (its worker thread runs while the app is up)."""
+    app = worker_app(Worker(mio, config.queue_size, config.max_batch))
+    worker = app.state.worker
+    allow_paths = tuple(Path(p).resolve() for p in config.allow_paths)
+    created = int(time.time())
 
     def authorize(request: Request) -> None:
         if config.api_key is None:
@@ -248,23 +281,6 @@ def _messages(messages: list[ChatMessage], allow_paths: tuple[Path, ...]) -> lis
     return out
 
 
-def _decoding(req: ChatCompletionRequest) -> tuple[DecodingConfig, dict]:
-    """OpenAI's sampling fields as a DecodingConfig and overrides: temperature 0 is greedy;
-    a temperature or top_p samples every modality with it; neither keeps the paper's settings."""
-    overrides: dict = {}
-    if req.max_new_tokens is not None:
-        overrides["max_new_tokens"] = req.max_new_tokens
-    if req.temperature == 0:
-        return DecodingConfig.greedy(), overrides
-    if req.temperature is not None or req.top_p is not None:
-        overrides |= {"do_sample": True, "num_beams": 1}
-    if req.temperature is not None:
-        overrides["temperature"] = req.temperature
-    if req.top_p is not None:
-        overrides["top_p"] = req.top_p
-    return DecodingConfig(), overrides
-
-
 def _job(req: ChatCompletionRequest, allow_paths: tuple[Path, ...]) -> ChatJob:
     """The chat to run, with media decoded and decoding options checked (ValueError -> 400)."""
     messages = _messages(req.messages, allow_paths)
@@ -273,7 +289,7 @@ def _job(req: ChatCompletionRequest, allow_paths: tuple[Path, ...]) -> ChatJob:
     output = req.output_modalities
     if output is None and req.modalities == ["text"]:
         output = ["text"]
-    decoding, overrides = _decoding(req)
+    decoding, overrides = decoding_options(req.temperature, req.top_p, req.max_new_tokens)
     try:
         decoding.override(**overrides).validate()
         if req.seed is not None:
