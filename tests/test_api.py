@@ -156,7 +156,8 @@ def test_bad_inputs_are_clear_value_errors(mio, tmp_path):
     ([{"role": "user", "content": None}], "message 0: content must be a string or a list of parts, got a NoneType"),
     ([{"role": "user", "content": 7}], "message 0: content must be a string or a list of parts, got a int"),
     ([{"role": "robot", "content": "hi"}], "message 0: role must be one of system, user, assistant"),
-    ([{"role": "user", "content": [{"type": "video", "video": "x"}]}], "unknown content part type 'video'"),
+    ([{"role": "user", "content": [{"type": "video", "video": "x"}]}], "a list of 2 to 8 frame images"),
+    ([{"role": "user", "content": [{"type": "film", "film": "x"}]}], "unknown content part type 'film'"),
     ([{"role": "user", "content": [{"type": "text"}]}], "a text part needs 'text'"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.org/a.png"}}]}],
      "URLs are not fetched"),
@@ -187,6 +188,36 @@ def test_openai_content_parts_read_as_the_same_segments(mio, tmp_path):
     assert mio.chat_prompt([{"role": "user", "content": parts}]) == mio.chat_prompt([{"role": "user", "content": plain}])
     assert mio.chat_prompt([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]) == \
         mio.chat_prompt([{"role": "user", "content": "hi"}])
+
+
+def test_video_parts_read_as_the_frames_a_video_file_gives(mio, tmp_path):
+    import base64
+    import io
+
+    from mio.api import load_video
+    from mio.media.video import write_mp4
+
+    colours = ["red", "green", "blue", "yellow", "white", "black"]
+    mp4 = write_mp4([picture(c) for c in colours], tmp_path / "clip.mp4")
+    uri = "data:video/mp4;base64," + base64.b64encode(mp4.read_bytes()).decode()
+    from_file = mio.chat_prompt([{"role": "user", "content": ["what changes?", load_video(mp4)]}])
+    parts = [{"type": "text", "text": "what changes?"}, {"type": "video_url", "video_url": {"url": uri}}]
+    assert mio.chat_prompt([{"role": "user", "content": parts}]) == from_file
+
+    def png(colour: str) -> str:
+        buf = io.BytesIO()
+        picture(colour).save(buf, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    frames = [{"type": "video", "video": [png(c) for c in colours[:3]]}]
+    as_frames = mio.chat_prompt([{"role": "user", "content": frames}])
+    assert as_frames == mio.chat_prompt([{"role": "user", "content": [Video(frames=[Image(image=picture(c))
+                                                                                      for c in colours[:3]])]}])
+    bad_video = "data:video/mp4;base64," + base64.b64encode(b"not a video at all").decode()
+    with pytest.raises(ValueError, match="video_url: the video data: cannot read video"):
+        mio.chat_prompt([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": bad_video}}]}])
+    with pytest.raises(ValueError, match="a list of 2 to 8 frame images"):
+        mio.chat_prompt([{"role": "user", "content": [{"type": "video", "video": [png("red")]}]}])
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -89,6 +89,21 @@ def test_image_input(client):
     assert isinstance(ask(client, content).choices[0].message.content, str)
 
 
+def test_video_input_as_a_file_or_as_frames(server, client, tmp_path):
+    from mio.media.video import write_mp4
+
+    mp4 = write_mp4([PILImage.new("RGB", (32, 32), c) for c in ("red", "green", "blue", "white")], tmp_path / "c.mp4")
+    clip = "data:video/mp4;base64," + base64.b64encode(mp4.read_bytes()).decode()
+    as_file = [{"type": "text", "text": "what happens?"}, {"type": "video_url", "video_url": {"url": clip}}]
+    as_frames = [{"type": "video", "video": [png_data_uri("red"), png_data_uri("blue")]}]
+    for content in (as_file, as_frames):
+        assert isinstance(ask(client, content).choices[0].message.content, str)
+    broken = {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + base64.b64encode(b"junk").decode()}}]}]}
+    response = post(server, json.dumps(broken))
+    assert response.status_code == 400 and "messages.0.content.0: video_url" in error_of(response)["message"]
+
+
 def test_audio_output_is_a_wav(client):
     reply = ask(client, modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"})
     audio = reply.choices[0].message.audio

@@ -36,7 +36,7 @@ from mio.generate import MAX_SEED, DecodingConfig, GenerationRequest, check_inte
 from mio.media.audio import AudioError, load_audio
 from mio.media.content_parts import segment_from_part
 from mio.media.image import open_image
-from mio.media.video import MIN_FRAMES, read_video, select_frames
+from mio.media.video import DEFAULT_FRAME_SIZE, MIN_FRAMES, read_video, select_frames
 from mio.released import IMAGE_DECODER_DIR, IMAGE_TOKENIZER_DIR, SPEECH_TOKENIZER_DIR
 from mio.segments import ROLES, Image, Malformed, Message, Segment, Speech, Text, Video
 from mio.templates import MODES
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 # Ours, then the released MIO-7B layout's (`mio.released`).
 IMAGE_TOKENIZER_DIRS = ("image_tokenizer", IMAGE_TOKENIZER_DIR)
 SPEECH_TOKENIZER_DIRS = ("speech_tokenizer", SPEECH_TOKENIZER_DIR)
-DEFAULT_FRAME_SIZE = 224
-"""Frame side for videos read from files when the image tokenizer does not say its input size."""
 
 
 class InputError(ValueError):

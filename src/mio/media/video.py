@@ -10,6 +10,7 @@ Writing goes back out through Pillow (GIF) and PyAV (MP4).
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ PACKETS_PER_FRAME_LIMIT = 4
 # Frames fed to the scene detector are this wide (enough for colour/edge statistics, cheap).
 DETECTOR_WIDTH = 128
 FALLBACK_FPS = 25.0
+DEFAULT_FRAME_SIZE = 224
+"""Frame side for videos read from files or bytes when the image tokenizer does not say its input size."""
 
 
 class VideoFileError(ValueError):
@@ -53,25 +56,28 @@ class VideoClip:
     path: str = ""
 
 
-def read_video(path: str | Path, max_frames: int = DEFAULT_MAX_FRAMES, max_seconds: float = DEFAULT_MAX_SECONDS,
+def read_video(path: str | Path | bytes, max_frames: int = DEFAULT_MAX_FRAMES, max_seconds: float = DEFAULT_MAX_SECONDS,
                max_side: int | None = None) -> VideoClip:
-    """Decode a video file's frames (mp4, avi, webm, gif, ...) with PyAV.
+    """Decode a video's frames (mp4, avi, webm, gif, ...; a file or its bytes) with PyAV.
 
     Reading stops after `max_frames` frames (with a warning: the rest is not used) and fails
     after `max_seconds` of decoding or `PACKETS_PER_FRAME_LIMIT * max_frames` packets, so a
     damaged file cannot hang the caller. `max_side` downscales frames as they are decoded
     to bound memory. Raises `VideoFileError` for missing, unreadable, frameless or truncated
     files."""
-    path = Path(path)
-    if not path.is_file():
-        raise VideoFileError(f"{path}: video file not found")
+    if isinstance(path, bytes):
+        source, path = io.BytesIO(path), "the video data"
+    else:
+        path = source = Path(path)
+        if not path.is_file():
+            raise VideoFileError(f"{path}: video file not found")
     frames: list[np.ndarray] = []
     # One reformatter for the whole file keeps its colour-conversion context: a new one per
     # frame (what `frame.to_ndarray(format=...)` does) cost five times the decoding.
     reformatter = VideoReformatter()
     started = time.monotonic()
     try:
-        with av.open(str(path), mode="r") as container:
+        with av.open(source if isinstance(source, io.BytesIO) else str(source), mode="r") as container:
             if not container.streams.video:
                 raise VideoFileError(f"{path}: no video stream")
             stream = container.streams.video[0]

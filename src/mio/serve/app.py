@@ -73,7 +73,7 @@ SERVER_START_TIMEOUT_S = 60.0
 class ServeConfig:
     """How the app answers: the model's id, the API key (None: open), the largest request
     body, how many requests may wait, how many decode together, and the folders
-    `image_url` may name files in."""
+    `image_url`, `video_url` and video frames may name files in."""
 
     model_name: str = "mio"
     api_key: str | None = None
@@ -249,16 +249,18 @@ def _parse_request(body: dict) -> ChatCompletionRequest:
 
 
 def _segment(part, allow_paths: tuple[Path, ...]) -> Segment:
-    """One content part; `image_url` may name a file only inside an allowed folder."""
+    """One content part; `image_url`, `video_url` and video frames may name files only inside
+    an allowed folder."""
     if not isinstance(part, dict):
         raise ContentError(f"a content part is an object, got a {type(part).__name__}")
-    ref = part.get("image_url")
-    url = ref.get("url") if isinstance(ref, dict) else ref
-    is_path = part.get("type") == "image_url" and isinstance(url, str) and not url.startswith("data:") and "://" not in url
-    if is_path and allow_paths:
-        path = Path(url).resolve()
-        if not any(path.is_relative_to(folder) for folder in allow_paths):
-            raise ContentError(f"image_url {url!r} is outside the folders this server may read")
+    refs = [part.get("image_url"), part.get("video_url")]
+    frames = part.get("video")
+    urls = [r.get("url") if isinstance(r, dict) else r for r in refs] + (frames if isinstance(frames, list) else [])
+    paths = [u for u in urls if isinstance(u, str) and not u.startswith("data:") and "://" not in u]
+    if paths and allow_paths:
+        for url in paths:
+            if not any(Path(url).resolve().is_relative_to(folder) for folder in allow_paths):
+                raise ContentError(f"{url!r} is outside the folders this server may read")
         return segment_from_part(part, allow_paths=True)
     return segment_from_part(part, allow_paths=False)
 
