@@ -197,3 +197,31 @@ def test_text_streams_in_pieces(mio):
         worker.close()
     texts = [s for s in shown if s]
     assert len(texts) > 1 and all(b.startswith(a) and len(b) > len(a) for a, b in zip(texts, texts[1:])), shown
+
+
+def test_a_busy_model_or_a_video_upload(mio, tmp_path, monkeypatch):
+    """A full queue is said in the page and the message goes back into the box; a video file
+    is read as a video (its frames), anything else is refused by name."""
+    from mio.media.video import write_mp4
+    from mio.segments import Video
+    from mio.serve import ui
+
+    shown: list[str] = []
+    monkeypatch.setattr(ui, "_error", lambda *messages: shown.extend(messages))
+    busy = Worker(mio, queue_size=0)  # never started, no place in its queue: every turn is refused
+    box = {"text": "hello", "files": []}
+
+    async def turn() -> list[tuple]:
+        respond = _responder(busy, build_ui(busy).GRADIO_CACHE)
+        return [x async for x in respond(box, [], [], "std", ["text"], False, 1.0, 1.0, 8, 0)]
+
+    with ThreadPoolExecutor(1) as pool:  # playwright's sync API may hold an event loop in this thread
+        steps = pool.submit(asyncio.run, turn()).result()
+    assert shown and "the model is busy" in shown[0]
+    assert steps[-1][0] == box and steps[-1][1] == []  # the message back in the box, the chat as it was
+
+    clip = write_mp4([PILImage.new("RGB", (32, 32), c) for c in ("red", "blue", "green", "white")], tmp_path / "c.mp4")
+    assert isinstance(ui._upload(str(clip)), Video) and len(ui._upload(str(clip)).frames) == 4
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match="notes.txt: attach images, audio or video files"):
+        ui._upload(str(tmp_path / "notes.txt"))

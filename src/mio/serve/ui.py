@@ -3,7 +3,7 @@
     from mio.serve.ui import create_ui_app    # `mio ui`: the UI alone, at /
     from mio.serve.ui import mount_ui         # `mio serve --ui`: the UI at /ui beside the API
 
-Type text, attach images and audio (or record from the microphone), and the reply streams in:
+Type text, attach images, audio and video (or record from the microphone), and the reply streams in:
 text as it is generated, pictures inline, a video as an animated GIF, speech as an audio
 player. Settings: mode (std | voice), output modalities, temperature, top-p, max new tokens,
 seed. Every turn reaches the model only through `Worker.stream`, so the UI shares the HTTP
@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from gradio import processing_utils
 
-from mio.api import MIO, load_image, load_speech
+from mio.api import MIO, load_image, load_speech, load_video
 from mio.generate import MAX_SEED, DecodingConfig, check_integer
 from mio.segments import Image, Malformed, Message, Segment, Speech, Text, Video
 from mio.serve.app import VIDEO_FPS, worker_app
@@ -51,8 +51,8 @@ def build_ui(worker: Worker, title: str = "MIO") -> gr.Blocks:
             with gr.Column(scale=4):
                 chat = gr.Chatbot(label=title, height=560, elem_id="mio-chat")
                 box = gr.MultimodalTextbox(
-                    placeholder="Type a message, attach images or audio, or record from the microphone",
-                    file_types=["image", "audio"], file_count="multiple", sources=["upload", "microphone"],
+                    placeholder="Type a message, attach images, audio or video, or record from the microphone",
+                    file_types=["image", "audio", "video"], file_count="multiple", sources=["upload", "microphone"],
                     show_label=False, stop_btn=True, elem_id="mio-box")
             with gr.Column(scale=1, min_width=240):
                 mode = gr.Radio(["std", "voice"], value="std", label="Mode", info="voice: answer in speech",
@@ -171,13 +171,15 @@ def _error(*messages: str) -> None:
 
 
 def _upload(path: str) -> Segment:
-    """An uploaded file as a segment, by its type (ValueError when it is neither or unreadable)."""
+    """An uploaded file as a segment, by its type (ValueError when it is none of them or unreadable)."""
     kind = (mimetypes.guess_type(path)[0] or "").split("/")[0]
     if kind == "image":
         return load_image(path)
     if kind == "audio":
         return load_speech(path)
-    raise ValueError(f"{Path(path).name}: attach images or audio files (got {kind or 'an unknown type'})")
+    if kind == "video":
+        return load_video(path)
+    raise ValueError(f"{Path(path).name}: attach images, audio or video files (got {kind or 'an unknown type'})")
 
 
 def _job(messages: list[Message], mode: str, outputs: list[str], temperature: float | None, top_p: float | None,
