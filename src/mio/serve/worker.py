@@ -135,7 +135,6 @@ class _Request:
 
     job: ChatJob
     request: GenerationRequest
-    loop: asyncio.AbstractEventLoop
     out: asyncio.Queue
     cancelled: threading.Event
     parser: StreamParser
@@ -193,7 +192,7 @@ class Worker:
             raise
         with self._lock:
             outbox = self._outbox.setdefault(loop, [])
-        entry = _Request(job, request, loop, asyncio.Queue(), threading.Event(),
+        entry = _Request(job, request, asyncio.Queue(), threading.Event(),
                          StreamParser(self.mio.vocab, video="video" in request.output_modalities), StopText(job.stop),
                          outbox)
         self._jobs.put(entry)
