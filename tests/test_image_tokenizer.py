@@ -427,6 +427,15 @@ def test_slot_codebooks_make_each_code_one_attribute_of_its_cell():
     with torch.no_grad():
         quantized, _, _ = model.quantize(model.encode_features(images_to_tensor([render(held_out[0], 48)], 48)))
         assert torch.allclose(model.embed_codes(codes[:1].flatten(1)), quantized)
+    # In slot order the stream holds every cell's size code, then every colour, then every
+    # shape; decoding reads them back to the same pictures.
+    by_slot = EmbeddedImageTokenizer(dataclasses.replace(tok.config, code_order="slot"), tok.model)
+    pictures = [render(s, 48) for s in held_out[:4]]
+    stream = by_slot.encode(pictures)
+    assert torch.equal(stream, codes[:4].transpose(1, 2).flatten(1))
+    assert (stream[:, :9] < 3).all() and (stream[:, 18:] >= 10).all()
+    assert [np.asarray(im).tobytes() for im in by_slot.decode(stream)] == \
+        [np.asarray(im).tobytes() for im in tok.decode(codes[:4].flatten(1))]
 
 
 def test_slot_options_are_checked():
@@ -437,6 +446,10 @@ def test_slot_options_are_checked():
         load(ImageTokenizerConfig, {"tokens_per_image": 27, "codebook_size": 15, "slot_codebooks": [3, 7, 5]})
     with pytest.raises(ConfigError, match=r"slot_codebooks = \[3, 5, 7\]"):
         _slot_config(slot_attributes=["size", "shape", "color"])
+    with pytest.raises(ConfigError, match="code_order 'slot' needs slot_codebooks"):
+        load(ImageTokenizerConfig, {"code_order": "slot"})
+    with pytest.raises(ConfigError, match="code_order must be one of region, slot"):
+        load(ImageTokenizerConfig, {"code_order": "columns"})
     with pytest.raises(ConfigError, match="unknown slot_attributes"):
         _slot_config(slot_attributes=["size", "color", "texture"])
     with pytest.raises(ConfigError, match="invariance_weight"):

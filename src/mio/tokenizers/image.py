@@ -60,6 +60,7 @@ from mio.media.image import to_rgb
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_TYPE = "mio-image"
+CODE_ORDERS = ("region", "slot")
 _MAX_8BIT = 255.0
 # Decoder output channels per pixel: foreground RGB, background RGB, matte logit.
 DECODER_CHANNELS = 7
@@ -116,6 +117,13 @@ class ImageTokenizerConfig:
     `mio.train.image_tokenizer`), so that codes compose: a language model that wrote "red"
     for circles writes the same colour code for a triangle. Empty: one vector-quantized
     codebook for every position."""
+    code_order: str = "region"
+    """The order of an image's codes in the token stream: `region`, each region's slots
+    together (region 0's slots, then region 1's, ...), or, with `slot_codebooks`, `slot`:
+    every region's slot-0 code, then every region's slot-1 code, and so on. In region order
+    a colour code is followed by its own object's shape code, so a language model learns the
+    colour-to-shape bigrams of its training pictures and never writes a combination it has
+    not seen; in slot order the neighbour of a shape code is the next region's shape code."""
     codebook_dim: int = 32
     """Dimension codes are looked up in (features are projected width -> codebook_dim and back)."""
     codebook_decay: float = 0.9
@@ -164,6 +172,10 @@ class ImageTokenizerConfig:
             if min(self.slot_codebooks) < 1 or sum(self.slot_codebooks) != self.codebook_size:
                 raise ValueError(f"slot_codebooks {list(self.slot_codebooks)} must be positive and add up to "
                                  f"codebook_size {self.codebook_size}")
+        if self.code_order not in CODE_ORDERS:
+            raise ValueError(f"code_order must be one of {', '.join(CODE_ORDERS)}, got {self.code_order!r}")
+        if self.code_order == "slot" and not self.slot_codebooks:
+            raise ValueError("code_order 'slot' needs slot_codebooks")
 
     @property
     def patch_size(self) -> int:
@@ -467,6 +479,14 @@ class EmbeddedImageTokenizer:
         return self.config.tokens_per_image
 
     @property
+    def stream_order(self) -> torch.Tensor:
+        """Token position -> the model's code position (`ImageTokenizerConfig.code_order`)."""
+        positions = torch.arange(self.tokens_per_image)
+        if self.config.code_order == "slot":
+            return positions.reshape(-1, len(self.config.slot_codebooks)).T.flatten()
+        return positions
+
+    @property
     def image_size(self) -> int:
         return self.config.image_size
 
@@ -479,7 +499,7 @@ class EmbeddedImageTokenizer:
         for start in range(0, len(images), self.batch_size):
             pixels = images_to_tensor(images[start : start + self.batch_size], self.image_size).to(self.device)
             _, codes, _ = self.model.quantize(self.model.encode_features(pixels))
-            out.append(codes.long().cpu())
+            out.append(codes.long().cpu()[:, self.stream_order])
         return torch.cat(out)
 
     @torch.no_grad()
@@ -497,7 +517,7 @@ class EmbeddedImageTokenizer:
             raise ValueError(f"image code {bad} is outside the codebook [0, {self.codebook_size})")
         images = []
         for start in range(0, codes.shape[0], self.batch_size):
-            chunk = codes[start : start + self.batch_size].to(self.device)
+            chunk = codes[start : start + self.batch_size, self.stream_order.argsort()].to(self.device)
             images.extend(tensor_to_images(self.model.decode_quantized(self.model.embed_codes(chunk))))
         return images
 
