@@ -48,6 +48,12 @@ def test_answer_extraction_and_mcq_letters():
     assert metrics.extract_answer("2", "The answer is") == "2"
     assert metrics.extract_answer("the answer is two.", "The answer is") == "two"  # Whisper writes lowercase words
     assert metrics.vqa_accuracy(metrics.extract_answer("the answer is two.", "The answer is"), ["2"]) == 1.0
+    # spoken answers: the judge's transcript may miss the marker but keeps the sentence's copula
+    spoken = metrics.extract_spoken_answer
+    assert spoken("the answer is seven.", "The answer is") == "seven"
+    assert spoken("the ISO is 12.", "The answer is") == "12"
+    assert spoken("twelve", "The answer is") == "twelve"
+    assert metrics.vqa_accuracy(spoken("the eye is amazing", "The answer is"), ["4"]) == 0.0
     assert metrics.mcq_letter("B") == "B" and metrics.mcq_letter("Answer: C. 7") == "C"
     assert metrics.mcq_letter("none of them") is None
 

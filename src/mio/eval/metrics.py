@@ -107,6 +107,16 @@ def extract_answer(text: str, marker: str) -> str:
     return tail.strip().rstrip(".").strip()
 
 
+def extract_spoken_answer(heard: str, marker: str) -> str:
+    """The answer in a transcript of a spoken `<marker> X.`: the text after the last
+    `marker`; where the judge misheard the marker (Whisper writes `The answer is 4` as `the
+    ISO is 4`), the text after the last ` is ` of the sentence, which it keeps; else all of it."""
+    if marker.lower() in heard.lower():
+        return extract_answer(heard, marker)
+    index = heard.lower().rfind(" is ")
+    return extract_answer(heard[index + len(" is "):] if index >= 0 else heard, marker)
+
+
 def mcq_letter(text: str) -> str | None:
     """The option letter (A-D) a reply gives: the first standalone capital A-D."""
     match = MCQ_LETTER.search(text)

@@ -374,7 +374,7 @@ def _transcribe_reconstructions(tokenizer, paths: list[Path]) -> list[str] | Non
 
 
 def _answers(items: list[EvalItem], heard: list[str]) -> list[float]:
-    return [metrics.vqa_accuracy(metrics.extract_answer(h, ANSWER_MARKER), [i.truth["answer"]])
+    return [metrics.vqa_accuracy(metrics.extract_spoken_answer(h, ANSWER_MARKER), [i.truth["answer"]])
             for i, h in zip(items, heard)]
 
 
