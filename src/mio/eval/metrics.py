@@ -111,10 +111,10 @@ def extract_spoken_answer(heard: str, marker: str) -> str:
     """The answer in a transcript of a spoken `<marker> X.`: the text after the last
     `marker`; where the judge misheard the marker (Whisper writes `The answer is 4` as `the
     ISO is 4`), the text after the last ` is ` of the sentence, which it keeps; else all of it."""
-    if marker.lower() in heard.lower():
-        return extract_answer(heard, marker)
-    index = heard.lower().rfind(" is ")
-    return extract_answer(heard[index + len(" is "):] if index >= 0 else heard, marker)
+    lowered = heard.lower()
+    if marker.lower() not in lowered and " is " in lowered:
+        heard = heard[lowered.rfind(" is ") + len(" is "):]
+    return extract_answer(heard, marker)
 
 
 def mcq_letter(text: str) -> str | None:
