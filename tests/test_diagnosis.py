@@ -149,6 +149,12 @@ def test_diagnose_writes_every_measurement(model, run_dir, world):
     result = diagnosis.diagnose(world, {"base": (run_dir, True), "instruct": (run_dir, False)}, limit=ITEMS,
                                 device="cpu")
     assert set(result["checkpoints"]) == {"base", "instruct"}
+    # Editing is taught in SFT: only the instruction-tuned checkpoint's edits are scored.
+    edits = result["checkpoints"]["instruct"]["edit_copy"]
+    assert "edit_copy" not in result["checkpoints"]["base"]
+    for name in ("train", "heldout"):
+        assert sum(edits[name][c]["n"] for c in diagnosis.EDIT_CLASSES) == \
+            edits[name]["items"] * SMALL_LAYOUT.tokens_per_image > 0
     assert result["consistency"]["image"]["source"] == "diagnosis"
     assert len(result["consistency"]["speech"]["other_voice"]) == SMALL_LAYOUT.speech_layers
     json.dumps(result)  # what the demo saves
@@ -160,7 +166,11 @@ def _fake_diagnosis() -> dict:
               "prompt_text_loss": {"train": 0.5, "heldout": 0.7}}
     speech = {**losses, "train": [1.0, 5.0, 5.0, 5.0], "heldout": [2.0, 5.0, 5.0, 5.0],
               "train_other_text": [1.5, 5.0, 5.0, 5.0]}
-    return {"checkpoints": {"base": {"image_code_loss": losses, "speech_code_loss": speech}},
+    kept = {"n": 10, "accuracy": 0.5, "loss": 1.0}
+    edits = {"train": {**{c: kept for c in diagnosis.EDIT_CLASSES}, "changed_predicted_source": 0.25,
+                       "all_codes_right": 0.375, "items": 2}}
+    return {"checkpoints": {"base": {"image_code_loss": losses, "speech_code_loss": speech},
+                            "instruct": {"image_code_loss": losses, "speech_code_loss": speech, "edit_copy": edits}},
             "consistency": {"image": {"overall": 0.125, "source": "diagnosis"},
                             "speech": {"same_voice": [1.0] * 4, "other_pitch": [0.4, 0.1, 0.1, 0.0],
                                        "other_voice": [0.1, 0.0, 0.0, 0.0], "compared": "frame by frame"}}}
@@ -175,6 +185,7 @@ def test_the_report_shows_the_diagnosis_when_there_is_one(tmp_path):
     assert "Diagnosis: why generation is hard" in page and "code position" in page
     assert "layer 1 (content)" in page and "0.125" in page
     assert "not measured" in page  # the tokenizer's other probes were not there
+    assert "the copy or the change" in page and "0.375" in page
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["diagnosis"]["consistency"]["image"]["overall"] == 0.125
 
@@ -191,3 +202,37 @@ def test_the_gallery_says_what_the_judge_reads_beside_the_truth(tmp_path):
     broken = tmp_path / "image_generation-000001_image_00.png"
     broken.write_text("not a picture")
     assert "could not read" in report.judge_reading(broken, {})
+
+
+def test_edit_codes_are_classed_as_kept_or_changed_and_scored_by_the_top_prediction():
+    edit = diagnosis.EditCodes(source=[0, 0, 5, 6, 9], target=[0, 0, 5, 7, 9], predicted=[0, 1, 5, 6, 8],
+                               losses=[0.1, 2.0, 0.3, 1.0, 3.0], item=0)
+    stats = diagnosis.edit_class_stats([edit], common=[0, 0, 0, 0, 0], cells=[0, 0, 1, 1, 2], unseen={0: {1}})
+    assert stats["kept_common"] == {"n": 2, "accuracy": 0.5, "loss": pytest.approx(1.05)}
+    assert stats["kept_unseen"] == {"n": 1, "accuracy": 1.0, "loss": pytest.approx(0.3)}  # cell 1 holds an unseen combination
+    assert stats["kept_rare"] == {"n": 1, "accuracy": 0.0, "loss": pytest.approx(3.0)}
+    assert stats["changed"]["accuracy"] == 0.0 and stats["changed_predicted_source"] == 1.0  # it copied the 6
+    assert stats["all_codes_right"] == 0.0 and stats["items"] == 1
+    # Without grid cells (another tokenizer) every kept object code is `kept_rare`.
+    plain = diagnosis.edit_class_stats([edit], common=[0] * 5, cells=None, unseen={0: {1}})
+    assert plain["kept_unseen"]["n"] == 0 and plain["kept_rare"]["n"] == 2
+
+
+def test_edits_are_scored_at_the_reply_codes_against_the_source_codes(model):
+    lo = model.vocab.image_range[0]
+    source = torch.arange(SMALL_LAYOUT.tokens_per_image) % SMALL_LAYOUT.image_codebook_size
+    target = source.clone()
+    target[1] = (target[1] + 1) % SMALL_LAYOUT.image_codebook_size
+    chat = Sample("sft", messages=[Message("user", [Text("Make it so."), Image(codes=source)]),
+                                   Message("assistant", [Image(codes=target)])], task="image_editing")
+    (edit,) = diagnosis.score_edits(model, [chat])
+    assert edit.source == [lo + c for c in source.tolist()] and edit.target == [lo + c for c in target.tolist()]
+    doc = encode_sample(chat, model.vocab, diagnosis.generation_encoding(model), random.Random(0))
+    start, end = diagnosis.target_span(doc.ids, model.vocab)
+    with torch.no_grad():
+        logits = model.model(input_ids=torch.tensor([doc.ids])).logits[0, start - 1:end - 1]
+    assert edit.predicted == logits.argmax(-1).tolist()
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor(doc.ids[start:end]), reduction="none")
+    assert edit.losses == pytest.approx(expected.tolist(), rel=1e-4)
+    # A chat with one picture has nothing to copy from: left out.
+    assert diagnosis.score_edits(model, [_tts_chat("a red circle")]) == []

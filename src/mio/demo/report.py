@@ -348,6 +348,43 @@ def _consistency_tables(consistency: dict) -> str:
             f"<table><tr><th>speech: same sentence, ...</th>{head}</tr>{''.join(speech_rows)}</table>")
 
 
+EDIT_SETS = (("train", "training edits"), ("heldout", "test edits"))
+EDIT_CLASS_LABELS = (("kept_common", "kept, the position's usual code"), ("kept_rare", "kept, an object's code"),
+                     ("kept_unseen", "kept, an unseen combination's code"), ("changed", "changed by the edit"))
+EDIT_GUIDE = (
+    "An edit is mostly a copy: every code of the source picture that the instruction does not "
+    "touch must come back at the same position. Each cell is the share of codes whose most "
+    "likely prediction, given the true codes before it (teacher forcing), is right, with the "
+    "mean loss in nats; by class of code: kept and equal to the code most sources have at that "
+    "position (an empty cell), kept otherwise (the objects the edit leaves alone), kept and of "
+    "an object whose colour-shape combination was never drawn in training, and changed (the "
+    "edit itself). 'copied instead' is the share of changed codes where the model's top "
+    "code is the source's; 'all right' the share of edits whose every top code is right."
+)
+
+
+def _edit_copy_table(checkpoints: dict) -> str:
+    rows = []
+    for name, result in checkpoints.items():
+        edits = result.get("edit_copy")
+        if not edits:
+            continue
+        for key, label in EDIT_SETS:
+            stats = edits.get(key) or {}
+            cells = "".join(f"<td>{_fmt((stats.get(c) or {}).get('accuracy'))} "
+                            f"({_fmt((stats.get(c) or {}).get('loss'))}, n={_fmt((stats.get(c) or {}).get('n'))})</td>"
+                            for c, _ in EDIT_CLASS_LABELS)
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{label}</td>{cells}"
+                        f"<td>{_fmt(stats.get('changed_predicted_source'))}</td>"
+                        f"<td>{_fmt(stats.get('all_codes_right'))}</td><td>{_fmt(stats.get('items'))}</td></tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{label}</th>" for _, label in EDIT_CLASS_LABELS)
+    return (f"<h3>Image editing under teacher forcing: the copy or the change</h3><p>{html.escape(EDIT_GUIDE)}</p>"
+            f"<table><tr><th>checkpoint</th><th>set</th>{head}<th>copied instead</th><th>all right</th>"
+            f"<th>edits</th></tr>{''.join(rows)}</table>")
+
+
 def diagnosis_section(diagnosis: dict) -> str:
     """The report's "Diagnosis: why generation is hard" section from `diagnosis.json`
     (`mio.eval.diagnosis.diagnose`); empty when there is none."""
@@ -359,7 +396,7 @@ def diagnosis_section(diagnosis: dict) -> str:
     parts = ["<h2>Diagnosis: why generation is hard</h2>",
              f"<p>{html.escape(DIAGNOSIS_GUIDE.format(codes=codes or 'many', speech=speech))}</p>"]
     parts += [_image_loss_chart(name, r.get("image_code_loss", {})) for name, r in checkpoints.items()]
-    parts += [_image_loss_table(checkpoints), _speech_loss_table(checkpoints),
+    parts += [_image_loss_table(checkpoints), _speech_loss_table(checkpoints), _edit_copy_table(checkpoints),
               _consistency_tables(diagnosis.get("consistency") or {})]
     return "".join(parts)
 

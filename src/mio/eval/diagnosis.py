@@ -14,6 +14,10 @@ measures both on a trained demo:
   not predictable from the text (the text does not say what the codes encode). A control
   scores the same training targets after the text of another item
   (`train_other_text`): where it is no worse, the model does not read the text at all.
+- **The copy or the change.** `edit_copy` scores image edits under teacher forcing: an edit
+  mostly keeps the source picture's codes, and whether the model's most likely code is right
+  where a code is kept (an empty cell, an object the edit leaves alone) or changed says
+  whether the copy or the edit is what a wrong picture gets wrong.
 - **Tokenizer consistency.** `image_consistency` and `speech_consistency` tokenize the same
   content under different nuisance (another background tint and jitter; another voice) and
   report the share of identical codes: whatever changes with the nuisance is something a
@@ -42,9 +46,9 @@ from mio.data.encode import EncodeConfig, Encoded, Sample, encode_sample
 from mio.data.manifest import MediaRef, Record, read_manifest
 from mio.data.packing import collate_rows
 from mio.eval.harness import world_image_size
-from mio.model import token_losses
+from mio.model import forward_logits, token_losses
 from mio.segments import Image, Message, Segment, Speech, Text
-from mio.toyworld.scenes import Scene, caption, render
+from mio.toyworld.scenes import GRID, Scene, caption, render
 from mio.toyworld.speech_synth import DEFAULT_SAMPLE_RATE, Voice, synthesize
 from mio.toyworld.tasks import scene_from_json
 from mio.toyworld.world import WorldConfig, split_voices
@@ -291,6 +295,125 @@ def code_losses(mio, world: str | Path, base: bool, limit: int = DEFAULT_ITEMS) 
             "speech_code_loss": speech_code_loss(mio, *sets(SPEECH_SOURCES))}
 
 
+# ---------------------------------------------------------------- image editing: copy or change
+
+EDIT_SOURCES = ("sft/image_editing.jsonl", "image_editing")
+"""Image editing's training manifest and test suite (an instruction-tuned checkpoint only)."""
+EDIT_CLASSES = ("kept_common", "kept_rare", "kept_unseen", "changed")
+
+
+@dataclass
+class EditCodes:
+    """One edit scored under teacher forcing: the codes of the source picture and of the
+    edited one, and at each edited code the model's most likely code and its loss (nats)."""
+
+    source: list[int]
+    target: list[int]
+    predicted: list[int]
+    losses: list[float]
+    item: int
+    """Index of the sample the edit came from."""
+
+
+@torch.inference_mode()
+def score_edits(mio, samples: list[Sample]) -> list[EditCodes]:
+    """Encode edit chats (the source picture in the prompt, the edited one as the reply) and
+    score every code of the reply given the codes before it. Samples whose chat holds fewer
+    than two pictures, or that exceed the context, are left out."""
+    vocab, cfg = mio.vocab, generation_encoding(mio)
+    docs: list[tuple[int, Encoded]] = []
+    for k, sample in enumerate(samples):
+        encoded = encode_sample(sample, vocab, cfg, random.Random(0))
+        if encoded is not None and len(encoded) <= mio.context_length and encoded.ids.count(vocab.image_start) >= 2:
+            docs.append((k, Encoded(encoded.ids, [True] * len(encoded), encoded.data_type)))
+    out = []
+    for first in range(0, len(docs), SCORE_BATCH):
+        chunk = docs[first:first + SCORE_BATCH]
+        batch = collate_rows([[d] for _, d in chunk], max(len(d) for _, d in chunk), vocab.pad_id).to(mio.device)
+        logits = forward_logits(mio.model, batch).float()
+        for row, (k, doc) in enumerate(chunk):
+            start, end = target_span(doc.ids, vocab)
+            # The source is the picture before the reply's.
+            source_start = [p for p, t in enumerate(doc.ids[:start - 1]) if t == vocab.image_start][-1] + 1
+            target = doc.ids[start:end]
+            log_probs = torch.log_softmax(logits[row, start - 1:end - 1], dim=-1)
+            out.append(EditCodes(source=doc.ids[source_start:source_start + len(target)], target=target,
+                                 predicted=log_probs.argmax(-1).tolist(),
+                                 losses=(-log_probs[torch.arange(len(target)), target]).tolist(), item=k))
+    return out
+
+
+def _class_of(k: int, e: EditCodes, common: list[int], cells: list[int] | None, unseen: set[int]) -> str:
+    if e.target[k] != e.source[k]:
+        return "changed"
+    if e.source[k] == common[k]:
+        return "kept_common"
+    return "kept_unseen" if cells is not None and cells[k] in unseen else "kept_rare"
+
+
+def edit_class_stats(edits: list[EditCodes], common: list[int], cells: list[int] | None,
+                 unseen: dict[int, set[int]]) -> dict:
+    """Scored edits summarised per class of edited code (`EDIT_CLASSES`, see `edit_copy`):
+    count, the share the model's most likely code gets right, and the mean loss; with
+    `changed_predicted_source`, `all_codes_right` and `items`. `common`: the usual code of
+    each position; `cells`: each position's grid cell (`code_cells`) or None; `unseen`: item
+    -> the cells of its source's objects of a held-out colour-shape combination."""
+    sums = {c: [0, 0, 0.0] for c in EDIT_CLASSES}
+    changed_as_source = 0
+    for e in edits:
+        for k, (src, tgt, pred, loss) in enumerate(zip(e.source, e.target, e.predicted, e.losses)):
+            cls = _class_of(k, e, common, cells, unseen.get(e.item, set()))
+            s = sums[cls]
+            s[0], s[1], s[2] = s[0] + 1, s[1] + (pred == tgt), s[2] + loss
+            changed_as_source += cls == "changed" and pred == src
+    out: dict = {c: {"n": n, "accuracy": right / n if n else None, "loss": loss / n if n else None}
+                 for c, (n, right, loss) in sums.items()}
+    n_changed = sums["changed"][0]
+    out["changed_predicted_source"] = changed_as_source / n_changed if n_changed else None
+    out["items"] = len(edits)
+    out["all_codes_right"] = _mean([float(e.predicted == e.target) for e in edits])
+    return out
+
+
+def code_cells(image_tokenizer) -> list[int] | None:
+    """The grid cell of each image token position, for a tokenizer that codes the cells of
+    the toy world's grid apart (`share_regions`, cells numbered row by row, in its stream
+    order); None for any other tokenizer."""
+    cfg = getattr(image_tokenizer, "config", None)
+    if not getattr(cfg, "share_regions", False):
+        return None
+    return (image_tokenizer.stream_order // (cfg.tokens_per_image // cfg.num_regions)).tolist()
+
+
+def _unseen_cells(truth: dict, combos: set[tuple[str, str]]) -> set[int]:
+    """Cells of the source picture's objects whose colour-shape combination is held out."""
+    return {row * GRID + col for shape, colour, _, row, col in truth["source"]["objects"] if (colour, shape) in combos}
+
+
+def edit_copy(mio, world: str | Path, limit: int = DEFAULT_ITEMS) -> dict:
+    """What an edit gets wrong, under teacher forcing: for each code of the edited picture,
+    whether the model's most likely code is right, by class (`EDIT_CLASSES`) -- `kept_common`
+    (kept from the source and the code most sources have there: an empty cell of the toy
+    world), `kept_rare` (kept: the objects the edit leaves alone), `kept_unseen` (kept, of a
+    test source's object whose colour-shape combination was never drawn in training, where
+    the tokenizer codes grid cells apart: a model that writes a shape from the colour before
+    it, and not from the source, misses those), `changed` (the edit itself;
+    `changed_predicted_source`: the share where the model copies the source's code instead)
+    -- on the first `limit` training edits and test edits. `all_codes_right`: the share of
+    edits whose every code is the model's most likely one."""
+    world = Path(world)
+    manifest, suite = EDIT_SOURCES
+    train = score_edits(mio, manifest_samples(mio, world / manifest, limit))
+    heldout = score_edits(mio, manifest_samples(mio, world / "eval" / f"{suite}.jsonl", limit))
+    everything = train + heldout
+    common = [max(set(col), key=col.count) for col in zip(*(e.source for e in everything))] if everything else []
+    truths = [json.loads(line) for line in (world / "eval" / f"{suite}.truth.jsonl").read_text().splitlines()
+              if line.strip()][:limit]
+    combos = {tuple(c.split()) for c in json.loads((world / "world.json").read_text())["heldout_combos"]}
+    unseen = {k: _unseen_cells(truth, combos) for k, truth in enumerate(truths)}
+    cells = code_cells(mio.image_tokenizer)
+    return {"train": edit_class_stats(train, common, cells, {}), "heldout": edit_class_stats(heldout, common, cells, unseen)}
+
 # ---------------------------------------------------------------- tokenizer consistency
 
 def share_equal(a: torch.Tensor, b: torch.Tensor) -> list[float]:
@@ -400,6 +523,8 @@ def diagnose(world: str | Path, checkpoints: dict[str, tuple[str | Path, bool]],
     for name, (run_dir, base) in checkpoints.items():
         mio = MIO.from_pretrained(run_dir, device=device)
         result["checkpoints"][name] = {"run": str(run_dir), "base": base, **code_losses(mio, world, base, limit)}
+        if not base:  # editing is taught in SFT only
+            result["checkpoints"][name]["edit_copy"] = edit_copy(mio, world, limit)
         losses = result["checkpoints"][name]
         log.info("%s: mean code loss (train / held-out): image %s / %s, speech %s / %s", name,
                  losses["image_code_loss"]["train_mean"], losses["image_code_loss"]["heldout_mean"],
