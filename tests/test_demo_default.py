@@ -1,4 +1,4 @@
-"""The README's main job, `mio demo` at its default preset, end to end (21-25 minutes on 2
+"""The README's main job, `mio demo` at its default preset, end to end (24-29 minutes on 2
 cores: marked slow, run with `python -m pytest -m slow`)."""
 
 import json
