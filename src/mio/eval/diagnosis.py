@@ -194,28 +194,41 @@ def prompt_positions(ids: list[int], vocab, media_start: int) -> range:
     return range(user + 1, ids.index(vocab.im_end, user))
 
 
+def encoded_documents(mio, samples: list[Sample], keep=None) -> list[tuple[int, Encoded]]:
+    """Samples encoded in the generation direction with a loss target on every token (so that
+    the prompt, which has none in SFT, is scored too), as (sample index, document), shortest
+    first. Left out: samples longer than the model's context, those the encoder drops (its
+    speech-length rule), and those whose ids fail `keep`."""
+    vocab, cfg = mio.vocab, generation_encoding(mio)
+    docs = []
+    for k, sample in enumerate(samples):
+        # The config fixes the direction; the generator is drawn from but decides nothing.
+        encoded = encode_sample(sample, vocab, cfg, random.Random(0))
+        if encoded is not None and len(encoded) <= mio.context_length and (keep is None or keep(encoded.ids)):
+            docs.append((k, Encoded(encoded.ids, [True] * len(encoded), encoded.data_type)))
+    docs.sort(key=lambda d: len(d[1]))  # batches of similar lengths waste less on padding
+    return docs
+
+
+def document_batches(mio, docs: list[tuple[int, Encoded]]):
+    """Yield (chunk of `docs`, their padded batch on the model's device), `SCORE_BATCH` at a time."""
+    for first in range(0, len(docs), SCORE_BATCH):
+        chunk = docs[first:first + SCORE_BATCH]
+        yield chunk, collate_rows([[d] for _, d in chunk], max(len(d) for _, d in chunk), mio.vocab.pad_id).to(mio.device)
+
+
 @torch.inference_mode()
 def score_documents(mio, samples: list[Sample]) -> tuple[list[ScoredDocument], int]:
     """Encode samples in the generation direction and score every token with the model.
-    Returns the scored documents, shortest first, and how many samples were left out (longer
-    than the model's context, or dropped by the encoder's speech-length rule)."""
-    vocab, cfg = mio.vocab, generation_encoding(mio)
-    docs: list[Encoded] = []
-    for sample in samples:
-        # The config fixes the direction; the generator is drawn from but decides nothing.
-        encoded = encode_sample(sample, vocab, cfg, random.Random(0))
-        if encoded is not None and len(encoded) <= mio.context_length:
-            # Loss on every token, so that the prompt (no loss target in SFT) is scored too.
-            docs.append(Encoded(encoded.ids, [True] * len(encoded), encoded.data_type))
-    docs.sort(key=len)  # batches of similar lengths waste less on padding; the order is not reported
+    Returns the scored documents, shortest first, and how many samples were left out (see
+    `encoded_documents`)."""
+    docs = encoded_documents(mio, samples)
     scored = []
-    for first in range(0, len(docs), SCORE_BATCH):
-        chunk = docs[first:first + SCORE_BATCH]
-        batch = collate_rows([[d] for d in chunk], max(len(d) for d in chunk), vocab.pad_id).to(mio.device)
+    for chunk, batch in document_batches(mio, docs):
         losses = token_losses(mio.model, batch).cpu()  # losses[r, p] scores the token at p + 1
-        for row, doc in zip(losses.tolist(), chunk):
-            start, end = target_span(doc.ids, vocab)
-            prompt = prompt_positions(doc.ids, vocab, start - 1)
+        for row, (_, doc) in zip(losses.tolist(), chunk):
+            start, end = target_span(doc.ids, mio.vocab)
+            prompt = prompt_positions(doc.ids, mio.vocab, start - 1)
             scored.append(ScoredDocument([row[p - 1] for p in range(start, end)], [row[p - 1] for p in prompt]))
     return scored, len(samples) - len(docs)
 
@@ -320,16 +333,10 @@ def score_edits(mio, samples: list[Sample]) -> list[EditCodes]:
     """Encode edit chats (the source picture in the prompt, the edited one as the reply) and
     score every code of the reply given the codes before it. Samples whose chat holds fewer
     than two pictures, or that exceed the context, are left out."""
-    vocab, cfg = mio.vocab, generation_encoding(mio)
-    docs: list[tuple[int, Encoded]] = []
-    for k, sample in enumerate(samples):
-        encoded = encode_sample(sample, vocab, cfg, random.Random(0))
-        if encoded is not None and len(encoded) <= mio.context_length and encoded.ids.count(vocab.image_start) >= 2:
-            docs.append((k, Encoded(encoded.ids, [True] * len(encoded), encoded.data_type)))
+    vocab = mio.vocab
+    docs = encoded_documents(mio, samples, keep=lambda ids: ids.count(vocab.image_start) >= 2)
     out = []
-    for first in range(0, len(docs), SCORE_BATCH):
-        chunk = docs[first:first + SCORE_BATCH]
-        batch = collate_rows([[d] for _, d in chunk], max(len(d) for _, d in chunk), vocab.pad_id).to(mio.device)
+    for chunk, batch in document_batches(mio, docs):
         logits = forward_logits(mio.model, batch).float()
         for row, (k, doc) in enumerate(chunk):
             start, end = target_span(doc.ids, vocab)
