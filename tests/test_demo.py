@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from mio import config as config_lib
 from mio.cli.main import main
 from mio.config import ConfigError
 from mio.demo import pipeline as demo_lib
 from mio.train.loop import load_config
+from mio.train.text_tokenizer import TextTokenizerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["world", "media_tokenizers", "text_tokenizer", "prepare",
@@ -56,6 +58,10 @@ def test_smoke_demo_runs_end_to_end_and_resumes_after_a_failure(tmp_path, monkey
     assert runs["sft"]["config"]["init_from"].endswith("runs/stage3")
     assert runs["stage3"]["config"]["data"]["sources"]["speech_text_pair"].endswith("shards/stage3/speech_text_pair")
     assert set(runs["stage1"]["data_shares"]) == {"image_text_pair", "language", "speech_text_pair"}
+    # The text tokenizer read all pre-training text and a fixed sample of each SFT task.
+    text_cfg = config_lib.load(TextTokenizerConfig, out / "configs" / "text_tokenizer.toml")
+    assert text_cfg.manifests and all("/pretrain/" in m for m in text_cfg.manifests)
+    assert {Path(m).stem for m in text_cfg.sampled_manifests} >= {"image_generation", "tts"}
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["preset"] == "smoke"

@@ -79,6 +79,12 @@ class DemoConfig:
     """Stage configs (`TrainConfig` TOMLs) in order: Stage I, II, III, SFT."""
     text_vocab_size: int = 2048
     """Size of the byte-level BPE trained on the corpus, before media tokens."""
+    text_tokenizer_sft_records: int = 120
+    """The BPE reads all pre-training text and the first this many conversations of each SFT
+    task: they hold every phrase of their task (SFT and test text take as many tokens as
+    with all conversations read; docs/LOG.md, 2026-12-07, fourth session), and a change of an
+    SFT task's count then leaves the tokenizer, so the token ids and every pre-training
+    stage, as they were."""
     stage_overrides: dict[str, Any] = field(default_factory=dict)
     """Dotted keys set in every stage config (e.g. `"model.hidden_size" = 256`)."""
     stage_steps: dict[str, int] = field(default_factory=dict)
@@ -113,6 +119,8 @@ class DemoConfig:
             raise ValueError("eval_limit, eval_suite_limits and eval_batch_size must be >= 1")
         if self.diagnosis_items < 1:
             raise ValueError("diagnosis_items must be >= 1")
+        if self.text_tokenizer_sft_records < 1:
+            raise ValueError("text_tokenizer_sft_records must be >= 1")
         from mio.eval.suites import check_suite_names
 
         check_suite_names(self.eval_suite_limits)  # here, not after half an hour of training
@@ -276,10 +284,12 @@ class Demo:
     def step_text_tokenizer(self) -> dict:
         from mio.train.text_tokenizer import TextTokenizerConfig, build
 
-        manifests = sorted(str(p) for p in (self.world / "pretrain").glob("*.jsonl"))
-        manifests += sorted(str(p) for p in (self.world / "sft").glob("*.jsonl"))
-        cfg = TextTokenizerConfig(out_dir=str(self.tokenizers / "text"), manifests=manifests,
-                                  vocab_size=self.cfg.text_vocab_size, layout=self.layout())
+        cfg = TextTokenizerConfig(
+            out_dir=str(self.tokenizers / "text"),
+            manifests=sorted(str(p) for p in (self.world / "pretrain").glob("*.jsonl")),
+            sampled_manifests=sorted(str(p) for p in (self.world / "sft").glob("*.jsonl")),
+            sample_records=self.cfg.text_tokenizer_sft_records,
+            vocab_size=self.cfg.text_vocab_size, layout=self.layout())
         config_lib.save(cfg, self.configs / "text_tokenizer.toml")
         tokenizer = build(cfg)
         tokenizer.save_pretrained(cfg.out_dir)

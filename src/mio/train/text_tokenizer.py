@@ -8,9 +8,10 @@ media ranges are contiguous, which `mio.vocab.Vocab` and `mio prepare` read.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,28 +34,38 @@ class TextTokenizerConfig:
     """A pretrained tokenizer directory to extend (e.g. Yi-6B); empty = train a BPE."""
     manifests: list[str] = field(default_factory=list)
     """Manifests whose text the BPE is trained on (ignored with `base`)."""
+    sampled_manifests: list[str] = field(default_factory=list)
+    """Manifests of which only the first `sample_records` records are trained on: a fixed
+    sample, so that growing such a manifest (more SFT conversations of a task) leaves the
+    tokenizer, and so every token id and everything trained on them, unchanged."""
+    sample_records: int = 120
+    """Records read from each of `sampled_manifests`."""
     vocab_size: int = 4096
     """Text vocabulary size of the trained BPE, before media tokens."""
     layout: VocabLayout = field(default_factory=VocabLayout)
     """Media tokens to add (must match the image and speech tokenizers)."""
 
     def validate(self) -> None:
-        if not self.base and not self.manifests:
+        if not self.base and not (self.manifests or self.sampled_manifests):
             raise ValueError("set `base` (a pretrained tokenizer) or `manifests` (text to train a BPE on)")
+        if self.sampled_manifests and self.sample_records < 1:
+            raise ValueError("sample_records must be >= 1 when sampled_manifests are set")
         if self.vocab_size < 300:
             raise ValueError("vocab_size must be >= 300 (the byte alphabet plus specials)")
 
 
-def manifest_texts(paths: list[str]) -> Iterator[str]:
-    """All text of the manifests, plus the fixed strings of the templates and system prompts."""
+def manifest_texts(paths: Sequence[str], sampled: Sequence[str] = (), sample_records: int = 0) -> Iterator[str]:
+    """All text of the manifests `paths` and of the first `sample_records` records of each of
+    `sampled`, plus the fixed strings of the templates and system prompts."""
     yield from PRETRAIN_TEMPLATES.values()
     yield from SYSTEM_PROMPTS.values()
-    for path in paths:
-        for record in read_manifest(path):
-            parts = list(record.segments)
-            for _, content in record.messages:
-                parts.extend([content] if isinstance(content, str) else content)
-            yield from (p for p in parts if isinstance(p, str))
+    records = [read_manifest(path) for path in paths]
+    records += [itertools.islice(read_manifest(path), sample_records) for path in sampled]
+    for record in itertools.chain.from_iterable(records):
+        parts = list(record.segments)
+        for _, content in record.messages:
+            parts.extend([content] if isinstance(content, str) else content)
+        yield from (p for p in parts if isinstance(p, str))
 
 
 def build(cfg: TextTokenizerConfig):
@@ -63,7 +74,8 @@ def build(cfg: TextTokenizerConfig):
         tokenizer = load_text_tokenizer(cfg.base)
         add_media_tokens(tokenizer, cfg.layout)
     else:
-        tokenizer = build_text_tokenizer(manifest_texts(cfg.manifests), cfg.vocab_size, cfg.layout)
+        texts = manifest_texts(cfg.manifests, cfg.sampled_manifests, cfg.sample_records)
+        tokenizer = build_text_tokenizer(texts, cfg.vocab_size, cfg.layout)
     Vocab(tokenizer, cfg.layout)  # checks every media token is present and contiguous
     return tokenizer
 
