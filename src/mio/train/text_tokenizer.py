@@ -38,8 +38,8 @@ class TextTokenizerConfig:
     """Manifests of which only the first `sample_records` records are trained on: a fixed
     sample, so that growing such a manifest (more SFT conversations of a task) leaves the
     tokenizer, and so every token id and everything trained on them, unchanged."""
-    sample_records: int = 120
-    """Records read from each of `sampled_manifests`."""
+    sample_records: int = 0
+    """Records read from each of `sampled_manifests` (required with them)."""
     vocab_size: int = 4096
     """Text vocabulary size of the trained BPE, before media tokens."""
     layout: VocabLayout = field(default_factory=VocabLayout)
