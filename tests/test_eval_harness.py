@@ -82,7 +82,8 @@ ORACLE_SCORES = {
     "video_captioning": {"change_f1": 1.0, "change_exact": 1.0},
     "video_understanding": {"vqa_accuracy": 1.0},
     "video_generation": {"change_accuracy": 1.0, "first_exact": 1.0, "last_exact": 1.0},
-    "storytelling": {"image_exact": 1.0, "story_exact": 1.0, "consistency": 1.0},
+    "storytelling": {"image_exact": 1.0, "story_exact": 1.0, "first_exact": 1.0, "next_given_previous": 1.0,
+                     "consistency": 1.0},
     "covt": {"accuracy_with_image": 1.0, "accuracy_direct": 1.0, "image_exact": 1.0},
     "icl": {"accuracy_k_shot": 1.0},
     "mcot": {"vqa_accuracy": 1.0, "answered": 1.0},
@@ -102,6 +103,21 @@ def test_reference_answers_get_full_marks(world, fake_whisper):
         scores = run_suite(name, runner, world)
         assert scores["wer"] == scores["judge_wer_reference"] and scores["has_speech"] == 1.0
         assert all(record["heard"] == "the answer is 3" for record in runner.replies[name])
+
+
+class FirstPictureRunner(OracleRunner):
+    """Draws every picture of a story as its first one: the caption found, no change made."""
+
+    def _reply(self, item, output_modalities):
+        pictures = [s for s in item.reference if type(s).__name__ == "Image"]
+        return [x for k in range(len(pictures)) for x in (Text(f" {k + 1}."), pictures[0])]
+
+
+def test_storytelling_tells_finding_the_caption_from_making_the_change(world):
+    scores = run_suite("storytelling", FirstPictureRunner(STAND_IN_MODEL), world)
+    steps = load(WorldConfig, TINY_WORLD).story_steps
+    assert scores["first_exact"] == 1.0 and scores["next_given_previous"] == 0.0
+    assert scores["image_exact"] == pytest.approx(1 / steps) and scores["story_exact"] == 0.0
 
 
 class ConstantLetterRunner(OracleRunner):

@@ -16,7 +16,7 @@ schema, and `<suite>.truth.jsonl`), asks the model in batches through `mio.api.M
 | asr | WER (Whisper normalisation) |
 | tts, speech_generation, speech_to_speech | Whisper judge WER; also on the reference audio and on its codec reconstruction |
 | video_generation | video judge (change accuracy, frames) |
-| storytelling | judge exact rate per picture, consistency between pictures |
+| storytelling | judge exact rate per picture, of the first, of one after a right one; consistency between pictures |
 | covt | accuracy drawing the changed picture first vs answering directly (both formats taught in SFT) |
 | icl | accuracy k-shot vs a 0-shot prompt that states the question, and vs k shots with shuffled answers |
 
@@ -466,19 +466,24 @@ def storytelling(r: Runner, items: list[EvalItem]) -> dict:
     steps = max(len(i.truth["states"]) for i in items)
     budget = r.image_tokens(steps) + steps * STORY_NUMBER_TOKENS
     replies = r.chat("storytelling", items, output_modalities={"text", "image"}, max_new_tokens=budget)
-    exact, whole, consistent, counts = [], [], [], []
+    exact, whole, consistent, counts, first, followed = [], [], [], [], [], []
     for item, reply in zip(items, replies):
         truth = [scene_from_json(s).key() for s in item.truth["states"]]
         read = [image_judge.object_key(image_judge.read_objects(p)) for p in images_of(reply)][: len(truth)]
         read += [None] * (len(truth) - len(read))
         hits = [a == b for a, b in zip(read, truth)]
         exact += hits
+        first.append(hits[0])
+        # The first picture is drawn from a caption, each next one from the previous one and
+        # its sentence: apart, the two say whether a story fails at finding or at changing.
+        followed += [now for before, now in zip(hits, hits[1:]) if before]
         whole.append(all(hits))
         counts.append(len(images_of(reply)))
         for k in range(1, len(truth)):
             ok = read[k - 1] is not None and read[k] is not None
             consistent.append(ok and scene_change(read[k - 1], read[k]) == scene_change(truth[k - 1], truth[k]))
     return {"image_exact": metrics.mean(exact), "story_exact": metrics.mean(whole),
+            "first_exact": metrics.mean(first), "next_given_previous": metrics.mean(followed),
             "consistency": metrics.mean(consistent), "images_per_story": metrics.mean(counts),
             "ci95": {"image_exact": _interval(exact), "consistency": _interval(consistent)}}
 
