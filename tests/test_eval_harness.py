@@ -18,7 +18,7 @@ from mio.eval import harness, suites
 from mio.eval.baselines import SUITE_BASELINES
 from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
 from mio.judges import speech as speech_judge
-from mio.segments import Text
+from mio.segments import Image, Text
 from mio.toyworld.world import WorldConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,7 +109,7 @@ class FirstPictureRunner(OracleRunner):
     """Draws every picture of a story as its first one: the caption found, no change made."""
 
     def _reply(self, item, output_modalities):
-        pictures = [s for s in item.reference if type(s).__name__ == "Image"]
+        pictures = [s for s in item.reference if isinstance(s, Image)]
         return [x for k in range(len(pictures)) for x in (Text(f" {k + 1}."), pictures[0])]
 
 
