@@ -73,14 +73,14 @@ def test_padding_gives_finite_outputs(one_thread):
 def test_layout_covers_every_token_once_in_its_own_document():
     batch = collate_rows(ROWS, ROW, pad_id=0)
     layout = DocumentLayout.from_document_ids(batch.document_ids)
-    cells = [(r * ROW + p).flatten() for r, p in zip(layout.rows, layout.positions)]
-    grid = torch.cat(cells)
+    grid = torch.cat([c.flatten() for c in layout.cells])
     tokens = torch.arange(batch.num_tokens)
     assert torch.equal(grid[layout.slots], tokens)  # each token's output slot holds that token
     assert sorted(layout.slots.tolist()) == sorted(set(layout.slots.tolist()))
-    assert len(layout.rows) > 2  # the batch spans several buckets
+    assert len(layout.cells) > 2  # the batch spans several buckets
     ids = batch.document_ids.flatten()
-    for rows, positions in zip(layout.rows, layout.positions):
+    for cells in layout.cells:
+        rows, positions = cells // ROW, cells % ROW
         width = rows.shape[1]
         # every cell of a grid row lies in one segment of one batch row
         assert (rows == rows[:, :1]).all() and (ids[rows * ROW + positions] == ids[rows[:, :1] * ROW + positions[:, :1]]).all()

@@ -218,6 +218,26 @@ def test_whisper_judge_caps_a_transcript_by_the_audio_length(monkeypatch):
     assert len(three_seconds.split()) == speech_judge.max_tokens(3.0) < 60
 
 
+def test_whisper_judge_hears_the_same_audio_once(monkeypatch):
+    """Evaluation hears each reference for every checkpoint and baseline: the judge runs once
+    per distinct clip, and a different clip of the same length is heard anew."""
+    from mio.judges import speech as speech_judge
+
+    class CountingWhisper:
+        calls = 0
+
+        def transcribe(self, audio, **kwargs):
+            CountingWhisper.calls += 1
+            return [SimpleNamespace(text=f"clip {float(audio.sum()):.0f}")], None
+
+    model = CountingWhisper()
+    monkeypatch.setattr(speech_judge, "_model", lambda: model)
+    ones, twos = np.ones(16000), 2 * np.ones(16000)
+    assert speech_judge.transcribe([ones, twos, ones], 16000) == ["clip 16000", "clip 32000", "clip 16000"]
+    assert speech_judge.transcribe([twos], 16000) == ["clip 32000"]
+    assert CountingWhisper.calls == 2
+
+
 def test_whisper_judge_transcribes(speech):
     from mio.judges import speech as speech_judge
 

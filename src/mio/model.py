@@ -166,14 +166,12 @@ class DocumentLayout:
 
     Every token belongs to exactly one segment: a run of equal document ids within a row. A run
     of padding (id -1) is a segment too, so padding attends only to padding and stays finite.
-    Bucket `i` gathers its `n` segments into an [n, width] grid of (row, position) pairs; a
-    segment shorter than the width is filled with its own first token, which only the fill's
-    queries can see (attention is causal), and their outputs are never read."""
+    Bucket `i` gathers its `n` segments into an [n, width] grid of tokens; a segment shorter
+    than the width is filled with its own first token, which only the fill's queries can see
+    (attention is causal), and their outputs are never read."""
 
-    rows: list[torch.Tensor]
-    """Per bucket, [n, width] row of each grid cell."""
-    positions: list[torch.Tensor]
-    """Per bucket, [n, width] position in the row of each grid cell."""
+    cells: list[torch.Tensor]
+    """Per bucket, [n, width] index of each grid cell's token in the flattened [B * L] batch."""
     slots: torch.Tensor
     """[B * L]: the index of each token's output among all buckets' grid cells, flattened
     and concatenated in bucket order."""
@@ -196,7 +194,7 @@ class DocumentLayout:
                 buckets[-1].append(segment)
             else:
                 buckets.append([segment])
-        rows, positions = [], []
+        grids = []
         slots = torch.empty(flat.numel(), dtype=torch.long)
         base = 0
         for members in buckets:
@@ -205,13 +203,12 @@ class DocumentLayout:
             offset = torch.arange(width)
             real = offset < size[:, None]
             cells = torch.where(real, start[:, None] + offset, start[:, None])  # flat token index of each cell
-            rows.append(cells // length)
-            positions.append(cells % length)
+            grids.append(cells)
             member, column = real.nonzero(as_tuple=True)
             slots[cells[member, column]] = base + member * width + column
             base += cells.numel()
         device = document_ids.device
-        return cls([r.to(device) for r in rows], [p.to(device) for p in positions], slots.to(device))
+        return cls([c.to(device) for c in grids], slots.to(device))
 
 
 def document_attention(
@@ -234,16 +231,20 @@ def document_attention(
     if document_layout is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # [B, L, heads, D]: cells index (row, position)
+    batch, heads, length, dim = query.shape
+    # Token-major [B * L, heads, D]: a bucket's tokens are gathered with `index_select`, whose
+    # gradient (`index_add_`) is cheaper on a CPU than that of advanced indexing (`index_put_`).
+    q, k, v = (x.transpose(1, 2).reshape(batch * length, x.shape[1], dim) for x in (query, key, value))
     outputs = []
-    for rows, positions in zip(document_layout.rows, document_layout.positions):
+    for cells in document_layout.cells:
+        grid = cells.flatten()
         out, _ = sdpa_attention_forward(
-            module, *(x[rows, positions].transpose(1, 2) for x in (q, k, v)), None,
+            module, *(x.index_select(0, grid).unflatten(0, cells.shape).transpose(1, 2) for x in (q, k, v)), None,
             dropout=dropout, scaling=scaling, is_causal=True,
         )
         outputs.append(out.flatten(0, 1))  # [n * width, heads, D]
-    out = torch.cat(outputs)[document_layout.slots]
-    return out.unflatten(0, q.shape[:2]), None
+    out = torch.cat(outputs).index_select(0, document_layout.slots)
+    return out.view(batch, length, heads, dim), None
 
 
 # Registered once, at import: the mask function is SDPA's, so a call without a document layout

