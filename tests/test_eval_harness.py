@@ -16,7 +16,7 @@ from mio.cli.main import main
 from mio.config import load
 from mio.eval import harness, suites
 from mio.eval.baselines import SUITE_BASELINES
-from mio.eval.suites import SUITES, Runner, SuiteSkipped, run_suite
+from mio.eval.suites import SUITES, Runner, SuiteSkipped, load_items, run_suite
 from mio.judges import speech as speech_judge
 from mio.segments import Image, Text
 from mio.toyworld.world import WorldConfig
@@ -118,6 +118,27 @@ def test_storytelling_tells_finding_the_caption_from_making_the_change(world):
     steps = load(WorldConfig, TINY_WORLD).story_steps
     assert scores["first_exact"] == 1.0 and scores["next_given_previous"] == 0.0
     assert scores["image_exact"] == pytest.approx(1 / steps) and scores["story_exact"] == 0.0
+
+
+class OneKindRunner(OracleRunner):
+    """Answers right only the questions of one kind (the first item's), as a model that has
+    learned to count and nothing else."""
+
+    def chat(self, suite, items, prompts=None, output_modalities=None, max_new_tokens=0):
+        kind = items[0].truth["kind"]
+        return [[Text(i.truth["answer"] if i.truth["kind"] == kind else "nothing")] for i in items]
+
+
+@pytest.mark.parametrize("suite", ["image_qa", "video_understanding"])
+def test_short_answers_are_scored_per_kind_of_question(world, suite):
+    items = load_items(world, suite)
+    scores = run_suite(suite, OneKindRunner(STAND_IN_MODEL), world)
+    kind = items[0].truth["kind"]
+    by_kind = scores["by_kind"]
+    assert set(by_kind) == {i.truth["kind"] for i in items} and sum(v["n"] for v in by_kind.values()) == len(items)
+    assert {k: v["vqa_accuracy"] for k, v in by_kind.items()} == {k: float(k == kind) for k in by_kind}
+    assert scores["vqa_accuracy"] == pytest.approx(by_kind[kind]["n"] / len(items))
+    assert f"{kind} (vqa_accuracy 1.000, n {by_kind[kind]['n']})" in harness.format_value(by_kind)
 
 
 class ConstantLetterRunner(OracleRunner):

@@ -186,9 +186,12 @@ def test_captions_answers_and_reasoning_agree_with_the_scene():
         scene = SceneSampler(seed=rng.randrange(10**6)).sample()
         question, steps, answer = tasks.reasoning_qa(scene, rng)
         assert steps.endswith(f"The answer is {answer}.")
-        q, a = tasks.scene_qa(scene, rng)
-        if q == "How many objects are there?":
+        q, a, kind = tasks.scene_qa(scene, rng)
+        assert (kind == "count") == (q == "How many objects are there?")
+        if kind == "count":
             assert a == str(len(scene.objects))
+        if kind == "exists":
+            assert a in ("yes", "no")
 
 
 @pytest.fixture(scope="module")
@@ -398,7 +401,7 @@ def test_image_qa_teaches_the_icl_questions():
     rng = random.Random(8)
     for _ in range(40):
         scene = SceneSampler(seed=rng.randrange(10**6), max_objects=1).sample()
-        asked = dict(tasks.scene_qa(scene, random.Random(seed)) for seed in range(200))
+        asked = dict(tasks.scene_qa(scene, random.Random(seed))[:2] for seed in range(200))
         for kind in tasks.ICL_KINDS:
             question = tasks.icl_question(scene, kind)
             assert asked[question] == tasks.icl_answer(scene, kind), (kind, question)

@@ -30,7 +30,7 @@ from PIL import Image as PILImage
 
 from mio.data.manifest import MediaRef, read_manifest
 from mio.eval.diagnosis import DIAGNOSIS_FILE
-from mio.eval.harness import baseline_summary, headline
+from mio.eval.harness import baseline_summary, format_value, headline
 from mio.judges.image import object_key, read_objects
 from mio.toyworld.scenes import Scene, caption
 from mio.toyworld.tasks import scene_from_json
@@ -121,9 +121,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+    return "-" if value is None else html.escape(format_value(value))
 
 
 # ---------------------------------------------------------------- loss curves

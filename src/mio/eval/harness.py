@@ -88,12 +88,17 @@ def evaluate(model, model_name: str, world: str | Path, suites: list[str] | None
     return result, runner
 
 
-def _format_value(value) -> str:
+def format_value(value) -> str:
+    """A metric's value for a log line or a table: floats to three places, a nested group of
+    scores (such as `by_kind`) as `name (metric value, ...)`."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} ({format_value(v)})" if isinstance(v, dict) else f"{k} {format_value(v)}"
+                         for k, v in value.items())
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _format_scores(scores: dict) -> str:
-    return ", ".join(f"{k} {_format_value(v)}" for k, v in scores.items() if k not in ("n", "ci95", "baselines"))
+    return ", ".join(f"{k} {format_value(v)}" for k, v in scores.items() if k not in ("n", "ci95", "baselines"))
 
 
 def headline(name: str, scores: dict) -> str:

@@ -266,13 +266,24 @@ def text_mcq(r: Runner, items: list[EvalItem]) -> dict:
             "ci95": {"accuracy": _interval(correct)}}
 
 
+def _by_kind(kinds: Sequence[str], scores: Sequence[float]) -> dict:
+    """Accuracy per kind of question with its count: which questions an overall score misses."""
+    groups: dict[str, list[float]] = {}
+    for kind, score in zip(kinds, scores):
+        groups.setdefault(kind, []).append(score)
+    return {kind: {"vqa_accuracy": metrics.mean(v), "n": len(v)} for kind, v in sorted(groups.items())}
+
+
 def _short_answers(suite: str):
     def run(r: Runner, items: list[EvalItem]) -> dict:
         _needs_instruct(r, suite)
         replies = r.chat(suite, items, output_modalities={"text"})
         scores = [metrics.vqa_accuracy(text_of(x), [i.truth["answer"]]) for i, x in zip(items, replies)]
-        return {"vqa_accuracy": metrics.mean(scores), "ci95": {"vqa_accuracy": _interval(scores)}}
-    run.__doc__ = f"{suite}: a short answer per question, VQA accuracy."
+        result = {"vqa_accuracy": metrics.mean(scores), "ci95": {"vqa_accuracy": _interval(scores)}}
+        if items and all("kind" in i.truth for i in items):
+            result["by_kind"] = _by_kind([i.truth["kind"] for i in items], scores)
+        return result
+    run.__doc__ = f"{suite}: a short answer per question, VQA accuracy (and per kind of question where the world names it)."
     return run
 
 

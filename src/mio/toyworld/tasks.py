@@ -313,8 +313,8 @@ def ask(kind: str, obj: SceneObject | None = None) -> str:
             "where": f"Where is {name(obj)}?", "size": f"Is {name(obj)} big or small?"}[kind]
 
 
-def scene_qa(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """A question about a scene with a one- or two-word answer."""
+def scene_qa(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
+    """A question about a scene with a one- or two-word answer: (question, answer, kind)."""
     objs = scene.objects
     by_shape = {s: [o for o in objs if o.shape == s] for s in SHAPES}
     unique_shape = [o for o in objs if len(by_shape[o.shape]) == 1]
@@ -322,24 +322,24 @@ def scene_qa(scene: Scene, rng: random.Random) -> tuple[str, str]:
     kinds = ["count", "shape_at", "exists"] + (["color"] if unique_shape else []) + (["where", "size"] if unique_pair else [])
     kind = rng.choice(kinds)
     if kind == "count":
-        return ask("count"), str(len(objs))
+        return ask("count"), str(len(objs)), kind
     if kind == "shape_at":
         o = rng.choice(objs)
-        return ask("shape_at", o), o.shape
+        return ask("shape_at", o), o.shape, kind
     if kind == "exists":
         present = {(o.color, o.shape) for o in objs}
         if rng.random() < 0.5:
             color, shape = rng.choice(sorted(present))
         else:
             color, shape = rng.choice([(c, s) for c in COLORS for s in SHAPES if (c, s) not in present])
-        return f"Is there a {color} {shape}?", "yes" if (color, shape) in present else "no"
+        return f"Is there a {color} {shape}?", "yes" if (color, shape) in present else "no", kind
     if kind == "color":
         o = rng.choice(unique_shape)
-        return ask("color", o), o.color
+        return ask("color", o), o.color, kind
     o = rng.choice(unique_pair)
     if kind == "where":
-        return ask("where", o), o.cell_name
-    return ask("size", o), o.size
+        return ask("where", o), o.cell_name, kind
+    return ask("size", o), o.size, kind
 
 
 def _listing(objects) -> str:
@@ -436,9 +436,9 @@ def image_captioning(ctx: Context, rng: random.Random) -> Item:
 
 def image_qa(ctx: Context, rng: random.Random) -> Item:
     scene = ctx.scene(rng)
-    question, answer = scene_qa(scene, rng)
+    question, answer, kind = scene_qa(scene, rng)
     return Item("image_qa", [user(I(ctx.store.image(scene)), T(instruction("image_qa", question=question))), assistant(answer)],
-                truth={"answer": answer, "question": question})
+                truth={"answer": answer, "question": question, "kind": kind})
 
 
 def mcot(ctx: Context, rng: random.Random) -> Item:
@@ -569,7 +569,7 @@ def video_understanding(ctx: Context, rng: random.Random) -> Item:
     question, answer = clip_qa(clip)
     return Item("video_understanding", [user(V(ctx.store.video(clip)), T(instruction("video_understanding", question=question))),
                                         assistant(answer)],
-                truth={"answer": answer, "question": question})
+                truth={"answer": answer, "question": question, "kind": clip.change.kind})
 
 
 def video_dialogue(ctx: Context, rng: random.Random) -> Item:
