@@ -175,8 +175,10 @@ def test_random_model_runs_every_suite_reproducibly(world, model, fake_whisper):
     result, runner = harness.evaluate(model, "run", world, limit=1, batch_size=2, seed=3)
     assert set(result["suites"]) == set(SUITES) and not result["skipped"]
     for name, scores in result["suites"].items():
-        values = {k: v for k, v in scores.items() if k not in ("ci95", "baselines")}
+        values = {k: v for k, v in scores.items() if k not in ("ci95", "baselines", "by_kind")}
         assert scores["n"] == 1 and all(isinstance(v, (int, float)) for v in values.values()), name
+        for kind in scores.get("by_kind", {}).values():  # short answers, where the world names kinds
+            assert set(kind) == {"vqa_accuracy", "n"} and kind["n"] >= 1, name
         assert scores["ci95"] and all(low <= high for low, high in scores["ci95"].values()), name
         assert set(scores["baselines"]) == set(SUITE_BASELINES[name]), name
     again, runner_again = harness.evaluate(
