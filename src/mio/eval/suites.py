@@ -266,12 +266,13 @@ def text_mcq(r: Runner, items: list[EvalItem]) -> dict:
             "ci95": {"accuracy": _interval(correct)}}
 
 
-def _by_kind(kinds: Sequence[str], scores: Sequence[float]) -> dict:
-    """Accuracy per kind of question with its count: which questions an overall score misses."""
+def _grouped(keys: Sequence[str], scores: Sequence[float]) -> dict[str, list[float]]:
+    """The items' scores gathered by a key of each item (a split, a kind of question), keys sorted:
+    which items an overall score misses."""
     groups: dict[str, list[float]] = {}
-    for kind, score in zip(kinds, scores):
-        groups.setdefault(kind, []).append(score)
-    return {kind: {"vqa_accuracy": metrics.mean(v), "n": len(v)} for kind, v in sorted(groups.items())}
+    for key, score in zip(keys, scores):
+        groups.setdefault(key, []).append(score)
+    return dict(sorted(groups.items()))
 
 
 def _short_answers(suite: str):
@@ -281,7 +282,8 @@ def _short_answers(suite: str):
         scores = [metrics.vqa_accuracy(text_of(x), [i.truth["answer"]]) for i, x in zip(items, replies)]
         result = {"vqa_accuracy": metrics.mean(scores), "ci95": {"vqa_accuracy": _interval(scores)}}
         if items and all("kind" in i.truth for i in items):
-            result["by_kind"] = _by_kind([i.truth["kind"] for i in items], scores)
+            result["by_kind"] = {kind: {"vqa_accuracy": metrics.mean(v), "n": len(v)}
+                                 for kind, v in _grouped([i.truth["kind"] for i in items], scores).items()}
         return result
     run.__doc__ = f"{suite}: a short answer per question, VQA accuracy (and per kind of question where the world names it)."
     return run
@@ -312,7 +314,7 @@ def image_captioning(r: Runner, items: list[EvalItem]) -> dict:
 
 def _judge_images(items: list[EvalItem], pictures: list[PILImage.Image | None]) -> dict:
     """Judge accuracy and SSIM of generated pictures against the items' true scenes."""
-    exact, f1, similarity, by_split = [], [], [], {}
+    exact, f1, similarity = [], [], []
     for item, picture in zip(items, pictures):
         scene = scene_from_json(item.truth["scene"])
         if picture is None:
@@ -325,11 +327,11 @@ def _judge_images(items: list[EvalItem], pictures: list[PILImage.Image | None]) 
         exact.append(ok)
         f1.append(overlap)
         similarity.append(sim)
-        by_split.setdefault(item.truth.get("split", "unseen_item"), []).append(ok)
     result = {"judge_exact": metrics.mean(exact), "object_f1": metrics.mean(f1), "ssim": metrics.mean(similarity),
               "has_image": metrics.mean([p is not None for p in pictures])}
+    by_split = _grouped([item.truth.get("split", "unseen_item") for item in items], exact)
     if len(by_split) > 1:
-        result.update({f"judge_exact/{split}": metrics.mean(v) for split, v in sorted(by_split.items())})
+        result.update({f"judge_exact/{split}": metrics.mean(v) for split, v in by_split.items()})
     result["ci95"] = {"judge_exact": _interval(exact), "object_f1": _interval(f1)}
     return result
 
